@@ -1,0 +1,31 @@
+"""prospr_jax: Prospect Pruning (ProsPr) and pruning at initialization in JAX.
+
+The core (``criteria``, ``masks``) works on any params pytree and any
+``loss_fn(params, batch) -> scalar``::
+
+  scores = prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn)
+  masks = prospr_jax.global_topk_mask(scores, sparsity=0.9)
+  params = prospr_jax.apply_mask(params, masks)
+"""
+
+from prospr_jax.criteria import (
+    CRITERIA,
+    get_criterion,
+    magnitude_saliency,
+    prospr_meta_gradient,
+    prospr_saliency,
+    prospr_saliency_streamed,
+    random_saliency,
+    snip_saliency,
+)
+from prospr_jax.losses import flax_loss_fn, softmax_cross_entropy
+from prospr_jax.masks import (
+    apply_mask,
+    default_prunable,
+    global_topk_mask,
+    layerwise_topk_mask,
+    ones_mask,
+)
+from prospr_jax.sparsity_report import SparsityReport, sparsity_report
+
+__version__ = '0.1.0'

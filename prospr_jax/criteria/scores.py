@@ -1,0 +1,77 @@
+"""What every criterion shares: checking its inputs, the mask variables, and normalised scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from prospr_jax import masks as masks_lib
+from prospr_jax.criteria import structured as structured_lib
+
+PyTree = Any
+LossFn = Callable[[PyTree, Any], jax.Array]
+
+
+def num_batches(batches: PyTree) -> int:
+  """The common leading size of every leaf of ``batches`` (M + 1 for ProsPr)."""
+  leaves = jax.tree_util.tree_leaves_with_path(batches)
+  if not leaves:
+    raise ValueError('batches is empty: pass a pytree of arrays with a leading axis of M + 1 batches')
+  sizes = {masks_lib.layer_name(path) or 'batches': (jnp.shape(x)[0] if jnp.ndim(x) else None)
+           for path, x in leaves}
+  if None in sizes.values() or len(set(sizes.values())) != 1:
+    raise ValueError(
+        'every leaf of batches needs the same leading axis, one entry per batch (M inner steps + 1 for the '
+        f'meta-loss), e.g. x of shape [M+1, B, ...] and y of shape [M+1, B]; got leading sizes {sizes}. '
+        'Stack the batches with jnp.stack, or add the axis to one batch with x[None].')
+  size = next(iter(sizes.values()))
+  if size < 1:
+    raise ValueError('batches has a leading axis of size 0: pass at least one batch')
+  return size
+
+
+def batch_at(batches: PyTree, index: int) -> PyTree:
+  return jax.tree.map(lambda x: x[index], batches)
+
+
+def check_loss_fn(loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
+  """Trace ``loss_fn(params, batch)`` once: it must run and return a scalar."""
+  try:
+    out = jax.eval_shape(loss_fn, params, batch)
+  except Exception as error:
+    error.add_note('prospr_jax: this came from loss_fn(params, batches[0]). batches must have a leading axis '
+                   'with one entry per batch (M + 1 for ProsPr), each a batch loss_fn accepts.')
+    raise
+  if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+    shape = getattr(out, 'shape', type(out).__name__)
+    raise ValueError(f'loss_fn(params, batch) must return a scalar loss, got {shape}: average over the batch')
+
+
+def mask_variables(params: PyTree, batch: PyTree, *, loss_fn: LossFn | None, structured: bool,
+                   prunable: masks_lib.Prunable | None) -> PyTree:
+  """The all-ones mask ``c`` a criterion differentiates; structured mode leaves the classifier out."""
+  if structured and prunable is None:
+    if loss_fn is None:
+      raise ValueError('structured=True without prunable needs loss_fn to find the output layer to leave '
+                       'unmasked; pass loss_fn, or prunable=')
+    prunable = structured_lib.channel_prunable(loss_fn, params, batch)
+  return masks_lib.ones_mask(params, prunable=prunable, structured=structured)
+
+
+def is_concrete(tree: PyTree) -> bool:
+  return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def normalized_scores(gradients: PyTree, hint: str = '') -> PyTree:
+  """``s_j = |g_j| / sum_k |g_k|`` over every masked entry (paper eqs. 1 and 11).
+
+  Outside ``jax.jit`` it raises ValueError naming any layer with NaN or Inf.
+  """
+  if is_concrete(gradients):
+    masks_lib.check_finite_scores(gradients, hint)
+  magnitudes = jax.tree.map(jnp.abs, gradients)
+  total = sum(jnp.sum(m) for m in jax.tree.leaves(magnitudes))
+  return jax.tree.map(lambda m: m / total, magnitudes)

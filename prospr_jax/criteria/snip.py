@@ -1,0 +1,42 @@
+"""SNIP: connection sensitivity at initialization (Lee et al. 2019), ProsPr with M = 0."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from prospr_jax import masks as masks_lib
+from prospr_jax.criteria import scores as scores_lib
+
+PyTree = Any
+
+
+@functools.partial(jax.jit, static_argnames=('loss_fn',))
+def _snip_gradient(params, batches, mask, *, loss_fn):
+  def mean_loss(c):
+    masked = masks_lib.apply_mask(params, c)
+    return jnp.mean(jax.lax.map(lambda batch: loss_fn(masked, batch), batches))
+  return jax.grad(mean_loss)(mask)
+
+
+def snip_saliency(
+    params: PyTree,
+    batches: PyTree,
+    *,
+    loss_fn: scores_lib.LossFn,
+    structured: bool = False,
+    prunable: masks_lib.Prunable | None = None,
+) -> PyTree:
+  """SNIP scores ``|dL(c * w)/dc| / sum |dL/dc|`` at ``c = 1`` (paper eqs. 1-2).
+
+  ``batches`` has a leading axis of batches, like ProsPr's; with several, ``L``
+  is their mean loss (gradients accumulated over the batches, as SNIP-MB).
+  """
+  scores_lib.num_batches(batches)
+  first_batch = scores_lib.batch_at(batches, 0)
+  scores_lib.check_loss_fn(loss_fn, params, first_batch)
+  mask = scores_lib.mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)
+  return scores_lib.normalized_scores(_snip_gradient(params, batches, mask, loss_fn=loss_fn))

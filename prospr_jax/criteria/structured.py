@@ -1,0 +1,75 @@
+"""Structured pruning: one mask entry per output channel, the classifier left whole.
+
+Masking the classifier's output channels would delete classes, so by default
+the output layer, the last prunable kernel the forward pass uses, carries no
+mask. It is found by reading the order of first use off the loss's jaxpr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.extend.core as jex
+
+from prospr_jax import masks as masks_lib
+
+PyTree = Any
+
+
+def _sub_jaxpr(eqn: Any) -> Any | None:
+  """The one inner jaxpr of a call-like equation whose inputs map one to one, else None."""
+  subs = list(jex.jaxprs_in_params(eqn.params))
+  if len(subs) == 1 and len(subs[0].invars) == len(eqn.invars):
+    return subs[0]
+  return None
+
+
+def _first_uses(jaxpr: Any, leaf_of: dict[Any, int], clock: list[int], first: dict[int, int]) -> None:
+  for eqn in jaxpr.eqns:
+    sub = _sub_jaxpr(eqn)
+    if sub is not None:
+      inner = {v_in: leaf_of[v] for v, v_in in zip(eqn.invars, sub.invars)
+               if isinstance(v, jex.Var) and v in leaf_of}
+      _first_uses(sub, inner, clock, first)
+      continue
+    clock[0] += 1
+    for v in eqn.invars:
+      if isinstance(v, jex.Var) and v in leaf_of:
+        first.setdefault(leaf_of[v], clock[0])
+
+
+def forward_order(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: Any) -> list[int]:
+  """Indices of ``jax.tree.leaves(params)`` in the order the loss first uses them (unused last)."""
+  leaves, treedef = jax.tree.flatten(params)
+  abstract = lambda x: jax.ShapeDtypeStruct(jax.numpy.shape(x), jax.numpy.result_type(x))
+  with jax.disable_jit():
+    closed = jax.make_jaxpr(lambda ls, b: loss_fn(jax.tree.unflatten(treedef, ls), b))(
+        [abstract(x) for x in leaves], jax.tree.map(abstract, batch))
+  first: dict[int, int] = {}
+  _first_uses(closed.jaxpr, {v: i for i, v in enumerate(closed.jaxpr.invars)}, [0], first)
+  return sorted(range(len(leaves)), key=lambda i: first.get(i, float('inf')))
+
+
+def output_layer(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: Any,
+                 prunable: masks_lib.Prunable | None = None) -> str:
+  """Name of the last prunable leaf the forward pass uses: the classifier."""
+  prunable = prunable or masks_lib.default_prunable
+  paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  leaves = jax.tree.leaves(params)
+  candidates = [i for i in forward_order(loss_fn, params, batch)
+                if prunable(masks_lib.path_names(paths[i]), leaves[i])]
+  if not candidates:
+    raise ValueError('prunable selects no parameter, so there is no output layer to leave unmasked')
+  return masks_lib.layer_name(paths[candidates[-1]])
+
+
+def channel_prunable(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: Any) -> masks_lib.Prunable:
+  """The default ``prunable`` of structured mode: every kernel (``ndim > 1``) but the output layer."""
+  head = output_layer(loss_fn, params, batch)
+
+  def prunable(path: masks_lib.Path, leaf: Any) -> bool:
+    return masks_lib.default_prunable(path, leaf) and '/'.join(path) != head
+
+  return prunable

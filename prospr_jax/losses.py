@@ -1,0 +1,57 @@
+"""Losses, and the one-liner that turns a Flax module into a criterion's ``loss_fn(params, batch)``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import optax
+
+PyTree = Any
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels (torch's ``F.cross_entropy``)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+  """``(inputs, labels)`` from a ``(x, y)`` pair or a ``{'image': x, 'label': y}`` dict."""
+  if isinstance(batch, Mapping):
+    try:
+      return batch['image'], batch['label']
+    except KeyError:
+      raise ValueError(f"a dict batch needs keys 'image' and 'label', got {sorted(batch)}") from None
+  if isinstance(batch, (tuple, list)) and len(batch) == 2:
+    return batch[0], batch[1]
+  raise ValueError(f"a batch is an (inputs, labels) pair or a dict with 'image' and 'label', got {type(batch)}")
+
+
+def flax_loss_fn(
+    module: Any,
+    variables: Mapping[str, PyTree],
+    *,
+    loss: Callable[[jax.Array, jax.Array], jax.Array] = softmax_cross_entropy,
+    **apply_kwargs: Any,
+) -> Callable[[PyTree, Any], jax.Array]:
+  """``loss_fn(params, batch)`` for a ``flax.linen`` module, e.g. ``flax_loss_fn(model, variables)``.
+
+  ``params`` replaces ``variables['params']``; other collections (BatchNorm's
+  ``batch_stats``) are held fixed. A module whose ``__call__`` takes ``train``
+  runs with ``train=True``, so BatchNorm uses batch statistics as in
+  training, and the running statistics it updates are thrown away.
+  """
+  state = {name: value for name, value in variables.items() if name != 'params'}
+  if 'train' in inspect.signature(module.__call__).parameters:
+    apply_kwargs.setdefault('train', True)
+  mutable = list(state) if apply_kwargs.get('train', False) else False
+
+  def loss_fn(params: PyTree, batch: Any) -> jax.Array:
+    inputs, labels = split_batch(batch)
+    out = module.apply({'params': params, **state}, inputs, mutable=mutable, **apply_kwargs)
+    logits = out[0] if mutable else out
+    return loss(logits, labels)
+
+  return loss_fn

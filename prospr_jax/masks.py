@@ -1,0 +1,218 @@
+"""Mask pytrees: which leaves are prunable, top-k thresholding, applying a mask.
+
+A mask (or score) tree mirrors the params tree: an array where a leaf is
+prunable and ``None`` elsewhere, so always map with
+``jax.tree.map(f, masks, params, is_leaf=is_none)``. A mask entry covers one
+weight, or one output channel (the last axis of an HWIO or (in, out) kernel)
+when the mask has shape ``(C_out,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Path = tuple[str, ...]
+Prunable = Callable[[Path, Any], bool]
+
+
+def is_none(x: Any) -> bool:
+  """`is_leaf` for mask and score trees, whose unpruned leaves are ``None``."""
+  return x is None
+
+
+def default_prunable(path: Path, leaf: Any) -> bool:
+  """Kernels are prunable, biases and normalisation parameters are not: ``leaf.ndim > 1``."""
+  del path
+  return jnp.ndim(leaf) > 1
+
+
+def path_names(path: tuple[Any, ...]) -> Path:
+  """A jax key path as a tuple of plain strings, e.g. ``('conv1', 'kernel')``."""
+  return tuple(str(jax.tree_util.keystr((key,), simple=True)) for key in path)
+
+
+def layer_name(path: tuple[Any, ...]) -> str:
+  """A key path as one readable name, e.g. ``'conv1/kernel'``."""
+  return '/'.join(path_names(path))
+
+
+def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+  """(name, leaf) for every non-``None`` leaf of a mask or score tree, in tree order."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_none)
+  return [(layer_name(path), leaf) for path, leaf in leaves if leaf is not None]
+
+
+def mask_shape(leaf_shape: tuple[int, ...], structured: bool) -> tuple[int, ...]:
+  """One entry per weight, or per output channel (the kernel's last axis)."""
+  return (leaf_shape[-1],) if structured else tuple(leaf_shape)
+
+
+def ones_mask(
+    params: PyTree,
+    *,
+    prunable: Prunable | None = None,
+    structured: bool = False,
+) -> PyTree:
+  """The all-ones mask ``c`` of paper eq. 3, as a tree: ones where prunable, ``None`` elsewhere.
+
+  Raises ValueError when ``prunable`` selects no leaf.
+  """
+  prunable = prunable or default_prunable
+
+  def make(path, leaf):
+    if not prunable(path_names(path), leaf):
+      return None
+    if structured and jnp.ndim(leaf) < 1:
+      raise ValueError(f'structured pruning needs an output-channel axis; {layer_name(path)} is a scalar')
+    return jnp.ones(mask_shape(jnp.shape(leaf), structured), jnp.result_type(leaf))
+
+  masks = jax.tree_util.tree_map_with_path(make, params)
+  if not jax.tree.leaves(masks):
+    names = [layer_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    raise ValueError(
+        'prunable selects no parameter, so there is nothing to score. It is called as prunable(path, leaf) '
+        f'with paths like {names[:3]}; the default keeps leaves with ndim > 1.')
+  return masks
+
+
+def check_same_structure(masks: PyTree, params: PyTree, what: str = 'masks') -> None:
+  """Raise ValueError unless ``masks`` mirrors ``params`` (``None`` on unmasked leaves)."""
+  mask_def = jax.tree.structure(masks, is_leaf=is_none)
+  param_def = jax.tree.structure(params)
+  if mask_def != param_def:
+    raise ValueError(
+        f'{what} and params have different structures: {what} must mirror params with None on unmasked '
+        f'leaves (build them from the same params).\n  {what}: {mask_def}\n  params: {param_def}')
+
+
+def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
+  """``params * masks`` leaf by leaf; a ``(C_out,)`` mask zeroes whole output channels."""
+  check_same_structure(masks, params)
+
+  def apply(mask, param):
+    if mask is None:
+      return param
+    if jnp.shape(mask) not in (jnp.shape(param), jnp.shape(param)[-1:]):
+      raise ValueError(
+          f'mask of shape {jnp.shape(mask)} does not fit a parameter of shape {jnp.shape(param)}: '
+          'use the parameter\'s shape, or (C_out,) for one entry per output channel')
+    return param * jnp.asarray(mask).astype(jnp.result_type(param))
+
+  return jax.tree.map(apply, masks, params, is_leaf=is_none)
+
+
+def check_sparsity(sparsity: float) -> float:
+  """Return ``sparsity`` if it is a fraction in [0, 1), raise ValueError otherwise."""
+  if not (isinstance(sparsity, (int, float, np.floating)) and 0.0 <= float(sparsity) < 1.0):
+    raise ValueError(f'sparsity must be in [0, 1) (the fraction of weights to remove), got {sparsity!r}')
+  return float(sparsity)
+
+
+def num_to_keep(total: int, sparsity: float) -> int:
+  """``ceil(total * (1 - sparsity))``, robust to float round-off (10 * (1 - 0.7) keeps 3)."""
+  return math.ceil(round(total * (1.0 - check_sparsity(sparsity)), 6))
+
+
+def check_finite_scores(scores: PyTree, hint: str = '') -> None:
+  """Raise ValueError naming every layer whose scores hold NaN or Inf."""
+  bad = [name for name, s in named_leaves(scores) if not bool(jnp.all(jnp.isfinite(s)))]
+  if bad:
+    raise ValueError(
+        f'scores contain NaN or Inf in {", ".join(bad)}. '
+        + (hint or 'If they come from ProsPr, the inner loop diverged: try a smaller inner_lr.'))
+
+
+def _flat_scores(scores: PyTree) -> tuple[list[str], list[Any], jax.Array]:
+  items = named_leaves(scores)
+  if not items:
+    raise ValueError('scores hold no array: every leaf is None, so there is nothing to threshold')
+  check_finite_scores(scores)
+  names, leaves = zip(*items)
+  flat = jnp.concatenate([jnp.ravel(s) for s in leaves])
+  return list(names), list(leaves), flat
+
+
+def _descending_order(flat: jax.Array) -> jax.Array:
+  """Indices from highest to lowest score; equal scores keep index order."""
+  return jnp.argsort(-flat, stable=True)
+
+
+def _unflatten_like(scores: PyTree, keep_flat: jax.Array, leaves: list[Any]) -> PyTree:
+  sizes = [int(np.prod(jnp.shape(s))) for s in leaves]
+  pieces = jnp.split(keep_flat, np.cumsum(sizes)[:-1])
+  masks = iter([p.reshape(jnp.shape(s)) for p, s in zip(pieces, leaves)])
+  return jax.tree.map(lambda s: None if s is None else next(masks), scores, is_leaf=is_none)
+
+
+def global_topk_mask(scores: PyTree, sparsity: float, *, keep_one_per_layer: bool = False) -> PyTree:
+  """Keep the ``ceil(N * (1 - sparsity))`` highest scores over all layers (paper Alg. 1, lines 11-12).
+
+  Ties are broken by index (tree order, then row-major), so the kept count is
+  exact. A mask that would empty a layer is refused with a ValueError naming
+  the layers, unless ``keep_one_per_layer``: then every layer first keeps its
+  best entry and the rest of the budget goes by global rank (the same mask as
+  plain top-k whenever that empties no layer). Returns a tree of bool arrays.
+  Runs eagerly (it checks values), not under ``jax.jit``.
+  """
+  names, leaves, flat = _flat_scores(scores)
+  total = flat.size
+  k = num_to_keep(total, sparsity)
+  order = _descending_order(flat)
+  if not keep_one_per_layer:
+    keep = jnp.zeros(total, bool).at[order[:k]].set(True)
+  else:
+    if k < len(leaves):
+      raise ValueError(f'cannot keep one entry in each of {len(leaves)} layers with only {k} to keep '
+                       f'(sparsity {sparsity}): lower the sparsity')
+    offsets = np.concatenate([[0], np.cumsum([s.size for s in leaves])[:-1]])
+    best = jnp.asarray(offsets) + jnp.stack([jnp.argmax(jnp.ravel(s)) for s in leaves])
+    reserved = jnp.zeros(total, bool).at[best].set(True)[order]
+    filled = jnp.cumsum(~reserved) <= k - len(leaves)
+    keep = jnp.zeros(total, bool).at[order].set(reserved | (filled & ~reserved))
+  masks = _unflatten_like(scores, keep, leaves)
+  emptied = [name for name, m in named_leaves(masks) if not bool(jnp.any(m))]
+  if emptied:
+    raise ValueError(
+        f'a global top-k mask at sparsity {sparsity} would remove every weight of {", ".join(emptied)}, '
+        'disconnecting the network. Lower the sparsity, or pass keep_one_per_layer=True.')
+  return masks
+
+
+def layerwise_topk_mask(scores: PyTree, sparsity: float | PyTree) -> PyTree:
+  """Keep ``ceil(n_l * (1 - s_l))`` highest scores inside each layer, ties by index.
+
+  ``sparsity`` is one fraction for all layers or a tree mirroring ``scores``
+  with one fraction per layer (``None`` on unmasked leaves).
+  """
+  check_finite_scores(scores)
+  if not isinstance(sparsity, (int, float, np.floating)):
+    check_same_structure(sparsity, jax.tree.map(lambda s: 0, scores, is_leaf=is_none), 'sparsity')
+  sparsities = (jax.tree.map(lambda s: None if s is None else sparsity, scores, is_leaf=is_none)
+                if isinstance(sparsity, (int, float, np.floating)) else sparsity)
+
+  def layer_mask(s, layer_sparsity):
+    if s is None:
+      return None
+    order = _descending_order(jnp.ravel(s))
+    keep = jnp.zeros(s.size, bool).at[order[:num_to_keep(s.size, layer_sparsity)]].set(True)
+    return keep.reshape(s.shape)
+
+  return jax.tree.map(layer_mask, scores, sparsities, is_leaf=is_none)
+
+
+def masks_from_mapping(mapping: Mapping[str, Any], params: PyTree) -> PyTree:
+  """Rebuild a mask tree from ``{layer_name: array}`` (e.g. a loaded ``.npz``), ``None`` elsewhere."""
+  def take(path, _):
+    return None if layer_name(path) not in mapping else jnp.asarray(mapping[layer_name(path)])
+  masks = jax.tree_util.tree_map_with_path(take, params)
+  unknown = set(mapping) - {name for name, _ in named_leaves(masks)}
+  if unknown:
+    raise ValueError(f'mask names {sorted(unknown)} are not parameters of this model')
+  return masks
