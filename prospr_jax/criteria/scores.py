@@ -27,6 +27,11 @@ def num_batches(batches: PyTree) -> int:
         'every leaf of batches needs the same leading axis, one entry per batch (M inner steps + 1 for the '
         f'meta-loss), e.g. x of shape [M+1, B, ...] and y of shape [M+1, B]; got leading sizes {sizes}. '
         'Stack the batches with jnp.stack, or add the axis to one batch with x[None].')
+  if any(jnp.ndim(x) == 1 for _, x in leaves):
+    raise ValueError(
+        'a leaf of batches has only the leading axis, so each batch would hold a scalar: this looks like one '
+        'batch instead of M+1 stacked ones (labels of shape [B] instead of [M+1, B]). Stack M+1 batches '
+        'with jnp.stack, or use x[None], y[None] for M = 0; give a true per-batch scalar the shape [M+1, 1].')
   size = next(iter(sizes.values()))
   if size < 1:
     raise ValueError('batches has a leading axis of size 0: pass at least one batch')

@@ -1,0 +1,168 @@
+"""Saliency cost against a train step: wall time, compile time and peak memory, side by side.
+
+For each model, batch size and M it measures, each in a fresh process so peak
+memory is its own: one training step (value_and_grad + SGD momentum), exact
+ProsPr and first-order ProsPr (scan over M + 1 batches), and streamed
+first-order ProsPr. Wall time is the median of repeats after one warm-up call;
+compile time is lower + compile of the jitted function. Prints a table with
+ratios to the train step and writes JSON. Not part of the test suite.
+
+  python benchmarks/saliency.py --models=small_cnn,resnet20,vgg16 --batch_sizes=16 --steps=3
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('models', ['small_cnn', 'resnet20', 'vgg16'], 'Models from bench_models.MODELS.')
+flags.DEFINE_list('batch_sizes', ['16'], 'Batch sizes.')
+flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
+flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure.')
+flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the median is reported.')
+flags.DEFINE_integer('timeout', 1800, 'Seconds one configuration may take before it is reported as timed out.')
+flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON goes.')
+flags.DEFINE_string('worker', None, 'Internal: run one configuration, given as JSON, and print its result.')
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _peak_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _device_peak_bytes(jax) -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def _time_calls(fn, args, repeats, block):
+  block(fn(*args))  # warm-up
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    block(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def run_worker(config: dict) -> dict:
+  """Measure one (model, batch_size, steps, mode) in this process."""
+  sys.path.insert(0, str(HERE))
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import prospr_jax
+  from bench_models import MODELS
+
+  model = MODELS[config['model']]()
+  m, batch_size = config['steps'], config['batch_size']
+  key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(key_x, (m + 1, batch_size, 32, 32, 3), jnp.float32)
+  y = jax.random.randint(key_y, (m + 1, batch_size), 0, 10)
+  variables = model.init(key_init, x[0])
+  params = variables['params']
+  loss_fn = prospr_jax.flax_loss_fn(model, variables)
+  rss_before = _peak_rss_bytes()
+  mode = config['mode']
+  block = jax.block_until_ready
+
+  if mode == 'streamed':
+    batches = [(x[k], y[k]) for k in range(m + 1)]
+    run = lambda: prospr_jax.prospr_saliency_streamed(params, iter(batches), loss_fn=loss_fn, num_steps=m)
+    start = time.perf_counter()
+    block(run())  # the first call compiles the step and the final gradient
+    first_call = time.perf_counter() - start
+    seconds = _time_calls(lambda: run(), (), config['repeats'], block)
+    compile_seconds = first_call - seconds
+  else:
+    if mode == 'train_step':
+      optimizer = optax.sgd(0.1, momentum=0.9)
+
+      def fn(params, opt_state, batch):
+        grads = jax.grad(loss_fn)(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+      args = (params, optimizer.init(params), (x[0], y[0]))
+    else:
+      def fn(params, batches):
+        return prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, first_order=mode == 'first_order')
+      args = (params, (x, y))
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_seconds = time.perf_counter() - start
+    seconds = _time_calls(compiled, args, config['repeats'], block)
+
+  return dict(config, seconds=seconds, compile_seconds=compile_seconds, peak_rss_bytes=_peak_rss_bytes(),
+              rss_before_bytes=rss_before, device_peak_bytes=_device_peak_bytes(jax),
+              device=str(jax.devices()[0].device_kind), jax_version=jax.__version__)
+
+
+def run_in_subprocess(config: dict) -> dict:
+  command = [sys.executable, __file__, f'--worker={json.dumps(config)}']
+  try:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout)
+  except subprocess.TimeoutExpired:
+    return dict(config, error=f'timed out after {FLAGS.timeout} s')
+  lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
+  if done.returncode != 0 or not lines:
+    return dict(config, error=done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no output')
+  return json.loads(lines[-1])
+
+
+def format_table(results: list[dict]) -> str:
+  step_time = {(r['model'], r['batch_size']): r['seconds'] for r in results
+               if r['mode'] == 'train_step' and 'seconds' in r}
+  header = (f'{"model":<10} {"batch":>5} {"M":>4} {"mode":<12} {"wall s":>9} {"x step":>7} {"compile s":>9} '
+            f'{"peak RSS GiB":>12} {"+GiB":>6}')
+  rows = [header, '-' * len(header)]
+  for r in results:
+    lead = f'{r["model"]:<10} {r["batch_size"]:>5} {r["steps"]:>4} {r["mode"]:<12}'
+    if 'error' in r:
+      rows.append(f'{lead} {r["error"]}')
+      continue
+    base = step_time.get((r['model'], r['batch_size']))
+    ratio = f'{r["seconds"] / base:>6.1f}x' if base else f'{"-":>7}'
+    rows.append(f'{lead} {r["seconds"]:>9.3f} {ratio} {r["compile_seconds"]:>9.1f} '
+                f'{r["peak_rss_bytes"] / 2**30:>12.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f}')
+  return '\n'.join(rows)
+
+
+def main(argv):
+  del argv
+  if FLAGS.worker:
+    print(json.dumps(run_worker(json.loads(FLAGS.worker))))
+    return
+  results = []
+  for model in FLAGS.models:
+    for batch_size in map(int, FLAGS.batch_sizes):
+      for steps in map(int, FLAGS.steps):
+        for mode in FLAGS.modes:
+          config = dict(model=model, batch_size=batch_size, steps=steps, mode=mode, repeats=FLAGS.repeats)
+          print(f'measuring {config} ...', file=sys.stderr, flush=True)
+          results.append(run_in_subprocess(config))
+  load = os.getloadavg()
+  machine = dict(platform=platform.platform(), cpus=os.cpu_count(), load_average=load,
+                 python=platform.python_version())
+  print(format_table(results))
+  print(f'\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs; '
+        f'{next((r["device"] + ", jax " + r["jax_version"] for r in results if "device" in r), "")}')
+  out = pathlib.Path(FLAGS.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({'machine': machine, 'results': results}, indent=2))
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
