@@ -6,7 +6,10 @@ results are the same, only speed differs. Subprocesses inherit the setting.
 """
 
 import os
+import pathlib
+import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is importable, as for prune.py
 os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
 

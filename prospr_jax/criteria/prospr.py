@@ -8,8 +8,9 @@ parameters included, takes the inner steps; only prunable kernels carry ``c``.
 
 from __future__ import annotations
 
-import functools
 import logging
+
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +23,7 @@ from prospr_jax import masks as masks_lib
 from prospr_jax.criteria import scores as scores_lib
 
 PyTree = Any
+log = logging.getLogger(__name__)
 LossFn = scores_lib.LossFn
 
 _DIVERGED = 'The ProsPr inner loop diverged: try a smaller inner_lr (it was {lr}) or fewer steps.'
@@ -187,7 +189,7 @@ def prospr_saliency_streamed(
     weights, opt_state, loss = _train_step(weights, opt_state, current, loss_fn=loss_fn, optimizer=optimizer)
     step += 1
     if log_every and step % log_every == 0:
-      logging.info('ProsPr first-order step %d%s: loss %.4f', step, f'/{num_steps}' if num_steps else '', loss)
+      log.info('ProsPr first-order step %d%s: loss %.4f', step, f'/{num_steps}' if num_steps else '', loss)
     current = upcoming
   gradient = _first_order_gradient(params, weights, current, mask, loss_fn=loss_fn)
   return scores_lib.normalized_scores(gradient, _DIVERGED.format(lr=inner_lr))

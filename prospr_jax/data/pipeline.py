@@ -1,0 +1,75 @@
+"""grain input pipelines: endless shuffled training batches and padded evaluation batches.
+
+Each process reads only its shard (``ShardByJaxProcess``), and every process
+yields the same number of batches. The training iterator's state goes into
+checkpoints, so a resumed run continues the data order instead of restarting it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from prospr_jax.data import transforms
+from prospr_jax.data.info import DatasetInfo
+
+
+def _record_transforms(info: DatasetInfo, train: bool) -> list[Any]:
+  ops: list[Any] = []
+  if info.augmentation == 'imagenet':
+    ops.append(transforms.RandomResizedCrop(info.image_size) if train else transforms.ResizeCenterCrop(info.image_size))
+  elif info.augmentation == 'crop_flip' and train:
+    ops.append(transforms.RandomCropFlip(padding=4))
+  ops.append(transforms.Normalize(info.mean, info.std))
+  return ops
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'global batch size {global_batch_size} is not divisible by the {jax.process_count()} '
+                     'processes')
+  return global_batch_size // jax.process_count()
+
+
+def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
+  """Full global batches per pass over the data (the remainder is dropped)."""
+  steps = num_records // global_batch_size
+  if steps == 0:
+    raise ValueError(f'{num_records} records cannot fill one batch of {global_batch_size}: lower the batch size')
+  return steps
+
+
+def train_loader(info: DatasetInfo, source: Sequence[Any], *, global_batch_size: int, seed: int,
+                 worker_count: int = 0, augment: bool = True) -> grain.DataLoader:
+  """Endless training batches, reshuffled every epoch from ``seed``; iterate it with ``iter(loader)``."""
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+      shuffle=True, num_epochs=None, seed=seed)
+  ops = _record_transforms(info, train=augment)
+  ops.append(grain.transforms.Batch(local_batch_size(global_batch_size), drop_remainder=True))
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count)
+
+
+def eval_batches(info: DatasetInfo, source: Sequence[Any], *, global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """This process's share of the evaluation set in order, padded to full batches; ``'weight'`` is 0 on padding."""
+  local = local_batch_size(global_batch_size)
+  process, processes = jax.process_index(), jax.process_count()
+  indices = range(process, len(source), processes)
+  num_batches = math.ceil(math.ceil(len(source) / processes) / local)  # the same on every process
+  dataset = grain.MapDataset.source(source)[process::processes]
+  for op in _record_transforms(info, train=False):
+    dataset = dataset.map(op)
+  records = iter(dataset.to_iter_dataset())
+  for b in range(num_batches):
+    rows = [next(records) for _ in range(max(0, min(local, len(indices) - b * local)))]
+    weight = np.zeros(local, np.float32)
+    weight[:len(rows)] = 1.0
+    template = rows[0] if rows else {'image': np.zeros(info.input_shape, np.float32), 'label': np.int32(0)}
+    rows += [template] * (local - len(rows))
+    yield {'image': np.stack([r['image'] for r in rows]), 'label': np.stack([r['label'] for r in rows]),
+           'weight': weight}

@@ -1,0 +1,116 @@
+"""Random-access sources of ``{'image': uint8 HWC, 'label': int}`` records, one per dataset.
+
+TFDS datasets are read with ``tfds.data_source`` (array_record files, no
+TensorFlow at read time); Tiny-ImageNet from its standard folder; scikit-learn's
+bundled ``digits`` from memory. A dataset that is not there raises
+``DatasetUnavailableError`` with the steps to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+DIGITS_TEST_FRACTION = 0.2
+
+
+class DatasetUnavailableError(RuntimeError):
+  """The dataset is not on this machine; the message says how to get it."""
+
+
+class ArraySource:
+  """Records held in memory as two arrays."""
+
+  def __init__(self, name: str, images: np.ndarray, labels: np.ndarray):
+    self.name, self.images, self.labels = name, images, labels
+
+  def __repr__(self) -> str:  # grain checks it when restoring an iterator: stable across runs
+    return f'ArraySource({self.name!r}, {len(self)} records)'
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {'image': self.images[index], 'label': int(self.labels[index])}
+
+
+def digits_source(split: str) -> ArraySource:
+  """scikit-learn's 1,797 8x8 digits as uint8 images, split 80/20 by a fixed shuffle."""
+  from sklearn.datasets import load_digits
+  x, y = load_digits(return_X_y=True)
+  images = np.round(x * (255 / 16)).astype(np.uint8).reshape(-1, 8, 8, 1)
+  order = np.random.default_rng(0).permutation(len(y))
+  cut = int(round(len(y) * (1 - DIGITS_TEST_FRACTION)))
+  index = {'train': order[:cut], 'test': order[cut:]}.get(split)
+  if index is None:
+    raise ValueError(f"digits has splits 'train' and 'test', not {split!r}")
+  return ArraySource(f'digits/{split}', images[index], y[index])
+
+
+class TinyImageNetSource:
+  """Tiny-ImageNet-200 from its standard layout: ``train/<wnid>/images/*.JPEG``, ``val/val_annotations.txt``."""
+
+  def __init__(self, root: str | os.PathLike[str], split: str):
+    root = pathlib.Path(root)
+    self.root, self.split = root, split
+    if not (root / 'wnids.txt').exists():
+      raise DatasetUnavailableError(
+          f'Tiny-ImageNet not found at {root} (no wnids.txt). Download and unzip it once:\n'
+          '  wget http://cs231n.stanford.edu/tiny-imagenet-200.zip && unzip tiny-imagenet-200.zip\n'
+          'then set config.data_dir to the parent folder of tiny-imagenet-200/.')
+    wnids = (root / 'wnids.txt').read_text().split()
+    label_of = {wnid: i for i, wnid in enumerate(wnids)}
+    if split == 'train':
+      self.items = [(path, label_of[wnid]) for wnid in wnids
+                    for path in sorted((root / 'train' / wnid / 'images').glob('*.JPEG'))]
+    elif split == 'val':
+      rows = [line.split('\t') for line in (root / 'val' / 'val_annotations.txt').read_text().splitlines() if line]
+      self.items = [(root / 'val' / 'images' / row[0], label_of[row[1]]) for row in rows]
+    else:
+      raise ValueError(f"tiny_imagenet has splits 'train' and 'val', not {split!r}")
+
+  def __len__(self) -> int:
+    return len(self.items)
+
+  def __repr__(self) -> str:
+    return f'TinyImageNetSource({str(self.root)!r}, {self.split!r}, {len(self)} records)'
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    from PIL import Image
+    path, label = self.items[index]
+    with Image.open(path) as image:
+      return {'image': np.asarray(image.convert('RGB')), 'label': label}
+
+
+def _tfds_instructions(name: str, data_dir: str | None) -> str:
+  where = f' --data_dir={data_dir}' if data_dir else ''
+  if name == 'imagenet2012':
+    return ('ImageNet needs a manual download (https://image-net.org): put ILSVRC2012_img_train.tar and '
+            'ILSVRC2012_img_val.tar in ~/tensorflow_datasets/downloads/manual/, then prepare it once with\n'
+            f"  pip install 'prospr_jax[prepare]' && tfds build imagenet2012 --file_format=array_record{where}")
+  return (f'Prepare it once (needs network and TensorFlow) with\n'
+          f"  pip install 'prospr_jax[prepare]' && tfds build {name} --file_format=array_record{where}")
+
+
+def tfds_source(name: str, split: str, data_dir: str | None = None) -> Sequence[Any]:
+  """``tfds.data_source`` over array_record files, with the steps to prepare them if missing."""
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as error:  # tfds raises several types for "not prepared"
+    raise DatasetUnavailableError(
+        f'TFDS dataset {name!r} (split {split!r}) is not available as array_record files in '
+        f'{data_dir or "~/tensorflow_datasets"}. {_tfds_instructions(name, data_dir)}') from error
+
+
+def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[Any]:
+  """The records of ``name``/``split``."""
+  if name == 'digits':
+    return digits_source(split)
+  if name == 'tiny_imagenet':
+    return TinyImageNetSource(pathlib.Path(data_dir or '.') / 'tiny-imagenet-200', split)
+  return tfds_source(name, split, data_dir)

@@ -1,0 +1,32 @@
+"""The model zoo: flax.linen modules by name, ``get_model('vgg16', num_classes=10)``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet20
+from prospr_jax.models.small_cnn import SmallCNN
+from prospr_jax.models.vgg import VGG
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'small_cnn': SmallCNN,
+    'vgg11': functools.partial(VGG, depth=11),
+    'vgg13': functools.partial(VGG, depth=13),
+    'vgg16': functools.partial(VGG, depth=16),
+    'vgg19': functools.partial(VGG, depth=19),
+    'resnet20': ResNet20,
+    'resnet18': functools.partial(ResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2)),
+    'resnet34': functools.partial(ResNet, block=BasicBlock, stage_sizes=(3, 4, 6, 3)),
+    'resnet50': functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 6, 3)),
+}
+
+
+def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+  """The model registered as ``name``; ``kwargs`` go to its constructor (e.g. ``small_input=True``)."""
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; valid names: {", ".join(sorted(MODELS))}')
+  return MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,0 +1,49 @@
+"""PNG plots people can read: per-layer density of a mask, learning curves of a run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from prospr_jax.sparsity_report import SparsityReport
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_layer_density(report: SparsityReport, path: str | os.PathLike[str], title: str = '') -> None:
+  """One bar per masked layer, in forward order of the tree: the fraction of weights kept."""
+  plt = _pyplot()
+  names = [layer.name.replace('/kernel', '') for layer in report.layers]
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
+  ax.bar(range(len(names)), [100 * layer.density for layer in report.layers], color='tab:blue')
+  ax.axhline(100 * report.density, color='tab:red', linestyle='--', label=f'overall {report.density:.2%}')
+  ax.set_xticks(range(len(names)), names, rotation=75, ha='right', fontsize=7)
+  ax.set_ylabel('weights kept (%)')
+  ax.set_title(title or 'Per-layer density of the mask')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = '') -> None:
+  """Train loss and eval top-1 per epoch from metric rows (one dict per epoch)."""
+  plt = _pyplot()
+  epochs = [row['epoch'] for row in rows]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  left.plot(epochs, [row['train_loss'] for row in rows], label='train')
+  left.plot(epochs, [row['eval_loss'] for row in rows], label='eval')
+  left.set_xlabel('epoch'), left.set_ylabel('loss'), left.legend()
+  right.plot(epochs, [100 * row['train_accuracy'] for row in rows], label='train')
+  right.plot(epochs, [100 * row['eval_top1'] for row in rows], label='eval top-1')
+  right.set_xlabel('epoch'), right.set_ylabel('accuracy (%)'), right.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

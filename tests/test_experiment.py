@@ -1,0 +1,90 @@
+"""The experiment harness end to end: prune.py, the configs, resume after a kill."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from prospr_jax import experiment
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(*args, timeout=600):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_prune_py_on_the_default_config_writes_mask_report_plots_and_metrics(tmp_path):
+  done = run_script('prune.py', '--config=configs/default.py', '--config.num_epochs=2', f'--workdir={tmp_path}')
+  assert done.returncode == 0, done.stderr[-3000:]
+  for name in ('mask.npz', 'sparsity_report.json', 'sparsity_report.txt', 'layer_density.png', 'pruning.json',
+               'results.json', 'pruned/metrics.jsonl', 'pruned/learning_curves.png', 'dense/metrics.jsonl'):
+    assert (tmp_path / name).exists(), name
+  report = json.loads((tmp_path / 'sparsity_report.json').read_text())
+  assert report['density'] == pytest.approx(0.1, abs=1e-4)
+  rows = [json.loads(line) for line in (tmp_path / 'pruned/metrics.jsonl').read_text().splitlines()]
+  assert [row['epoch'] for row in rows] == [1, 2] and {'train_loss', 'eval_top1', 'eval_top5'} <= set(rows[0])
+  assert 'network' in done.stdout and 'dense' in done.stdout and 'prospr' in done.stdout
+
+
+def test_zero_epochs_stops_after_pruning(tmp_path):
+  from configs import default
+  config = default.get_config()
+  config.num_epochs = 0
+  experiment.prune_and_train(config, tmp_path)
+  assert (tmp_path / 'mask.npz').exists() and not (tmp_path / 'pruned').exists()
+
+
+def test_cifar10_vgg16_runlocal_prunes_and_trains_one_step_on_mock_data(tmp_path):
+  from configs import cifar10_vgg16
+  config = cifar10_vgg16.get_config('runlocal')
+  with tfds.testing.mock_data(num_examples=8):
+    results = experiment.prune_and_train(config, tmp_path)
+  assert (tmp_path / 'mask.npz').exists() and (tmp_path / 'layer_density.png').exists()
+  assert results['pruned']['epoch'] == 1 and results['pruned']['step'] == 1
+  assert json.loads((tmp_path / 'sparsity_report.json').read_text())['total'] == 14_715_584  # 13 conv kernels + the dense kernel
+
+
+def a_committed_checkpoint_past(directory, step):
+  if not directory.exists():
+    return False
+  return any(p.name.isdigit() and int(p.name) >= step for p in directory.iterdir())
+
+
+def final_params(workdir):
+  manager = ocp.CheckpointManager(workdir / 'checkpoints')
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return restored['state']['params']
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+  args = ['train.py', '--config=configs/default.py', '--config.num_epochs=3', '--config.checkpoint_every_steps=5']
+  killed, clean = tmp_path / 'killed', tmp_path / 'clean'
+  process = subprocess.Popen([sys.executable, *args, f'--workdir={killed}'], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not a_committed_checkpoint_past(killed / 'checkpoints', 25) and time.time() < deadline:
+    assert process.poll() is None, 'the run ended before it could be killed'
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  last_before_kill = max(int(p.name) for p in (killed / 'checkpoints').iterdir() if p.name.isdigit())
+  assert last_before_kill < 66  # 3 epochs of 22 steps: it really was cut short
+
+  resumed = run_script(*args, f'--workdir={killed}')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resumed from the checkpoint at step {last_before_kill}' in resumed.stderr
+  uninterrupted = run_script(*args, f'--workdir={clean}')
+  assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+  jax.tree.map(np.testing.assert_array_equal, final_params(killed), final_params(clean))
+  rows = [json.loads(line) for line in (killed / 'metrics.jsonl').read_text().splitlines()]
+  assert [row['epoch'] for row in rows] == [1, 2, 3]
