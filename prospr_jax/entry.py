@@ -39,6 +39,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename:
   print(f'workdir: {workdir_path.resolve()}', flush=True)
   try:
     JOBS[job](config, workdir_path)
-  except DatasetUnavailableError as error:
+  except (DatasetUnavailableError, experiment.ConfigError) as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)

@@ -42,7 +42,42 @@ class Setup:
   eval_source: Any
 
 
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Refuse a bad config before any data is read or anything compiles."""
+  from prospr_jax import CRITERIA
+  from prospr_jax.masks import check_sparsity
+  from prospr_jax.models import MODELS
+  checks = [
+      (config.dataset in data.DATASETS, f'config.dataset={config.dataset!r}: valid names are '
+                                        f'{", ".join(sorted(data.DATASETS))}'),
+      (config.model in MODELS, f'config.model={config.model!r}: valid names are {", ".join(sorted(MODELS))}'),
+      (config.criterion in CRITERIA, f'config.criterion={config.criterion!r}: valid names are '
+                                     f'{", ".join(sorted(CRITERIA))}'),
+      (config.num_epochs >= 0, f'config.num_epochs must be >= 0, got {config.num_epochs}'),
+      (config.prune.num_steps >= 0, f'config.prune.num_steps (M) must be >= 0, got {config.prune.num_steps}'),
+      (config.batch_size > 0 and config.prune.batch_size > 0 and config.eval_batch_size > 0,
+       'config.batch_size, config.prune.batch_size and config.eval_batch_size must be positive'),
+      (not config.prune.streamed or (config.criterion == 'prospr' and config.prune.first_order),
+       'config.prune.streamed needs config.criterion="prospr" and config.prune.first_order=True'),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(message)
+  try:
+    check_sparsity(config.prune.sparsity)
+  except ValueError as error:
+    raise ConfigError(f'config.prune.{error}') from None
+  for name in ('batch_size', 'eval_batch_size'):
+    if config[name] % jax.device_count():
+      raise ConfigError(f'config.{name}={config[name]} is not divisible by the {jax.device_count()} devices')
+
+
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
+  validate_config(config)
   info = data.get_dataset_info(config.dataset)
   data_dir = config.data_dir or None
   train_source = data.load_source(config.dataset, info.train_split, data_dir)

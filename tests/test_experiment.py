@@ -88,3 +88,15 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_bit_identical_to_an_uninterr
   jax.tree.map(np.testing.assert_array_equal, final_params(killed), final_params(clean))
   rows = [json.loads(line) for line in (killed / 'metrics.jsonl').read_text().splitlines()]
   assert [row['epoch'] for row in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.prune.sparsity=1.5', r'config.prune.sparsity must be in \[0, 1\)'),
+    ('--config.criterion=grasp', 'config.criterion=.grasp.: valid names are magnitude, prospr, random, snip'),
+    ('--config.model=vgg17', 'config.model=.vgg17.: valid names'),
+    ('--config.prune.streamed=True', 'streamed needs'),
+])
+def test_prune_py_refuses_a_bad_config_with_a_message_and_no_traceback(tmp_path, override, message):
+  import re
+  done = run_script('prune.py', '--config=configs/default.py', override, f'--workdir={tmp_path}')
+  assert done.returncode == 2 and re.search(message, done.stderr) and 'Traceback' not in done.stderr
