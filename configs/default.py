@@ -7,6 +7,7 @@ prints a table of both accuracies.
 
   python prune.py --config configs/default.py
   python prune.py --config configs/default.py --config.criterion=snip --config.prune.sparsity=0.95
+  python prune.py --config configs/default.py --config.distribution=erk --config.ablation=shuffle
 
 Every other config starts from this one and overrides what its experiment needs.
 """
@@ -22,6 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model_kwargs = ml_collections.ConfigDict()
 
   config.criterion = 'prospr'  # a name from prospr_jax.CRITERIA
+  config.distribution = 'global'  # how the budget splits across layers: global, uniform or erk
+  config.ablation = 'none'      # Frankle et al. 2021 sanity checks: none, shuffle, reinit or invert
   config.prune = ml_collections.ConfigDict(dict(
       sparsity=0.9,             # fraction of prunable weights removed
       num_steps=3,              # M, the inner steps ProsPr differentiates through
@@ -32,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
       structured=False,         # one mask entry per output channel
       streamed=False,           # first-order ProsPr over a stream of batches (long inner loops)
       keep_one_per_layer=False,  # True: never empty a layer; False: refuse such a mask
+      rounds=0,                 # iterative criteria (synflow, iterative_snip, force): 0 = their default
+      grasp_temperature=200.0,  # GraSP divides logits by this (the authors' value)
   ))
 
   config.num_epochs = 15        # 0: stop after pruning

@@ -10,15 +10,21 @@ The core (``criteria``, ``masks``) works on any params pytree and any
 
 from prospr_jax.criteria import (
     CRITERIA,
+    ITERATIVE,
+    force_saliency,
     get_criterion,
+    grasp_saliency,
+    iterative_snip_saliency,
     magnitude_saliency,
     prospr_meta_gradient,
     prospr_saliency,
     prospr_saliency_streamed,
     random_saliency,
     snip_saliency,
+    synflow_saliency,
 )
-from prospr_jax.losses import flax_loss_fn, softmax_cross_entropy
+from prospr_jax.distributions import DISTRIBUTIONS, make_mask
+from prospr_jax.losses import flax_apply_fn, flax_loss_fn, softmax_cross_entropy
 from prospr_jax.masks import (
     apply_mask,
     default_prunable,

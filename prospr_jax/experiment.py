@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
-from prospr_jax import checkpointing, data, plots, pruning, sharding, training
+from prospr_jax import ablations, checkpointing, data, plots, pruning, sharding, training
 from prospr_jax.metrics import MetricsWriter
 from prospr_jax.models import get_model
 
@@ -48,7 +48,8 @@ class ConfigError(ValueError):
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuse a bad config before any data is read or anything compiles."""
-  from prospr_jax import CRITERIA
+  from prospr_jax import CRITERIA, DISTRIBUTIONS
+  from prospr_jax.ablations import ABLATIONS
   from prospr_jax.masks import check_sparsity
   from prospr_jax.models import MODELS
   checks = [
@@ -63,6 +64,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        'config.batch_size, config.prune.batch_size and config.eval_batch_size must be positive'),
       (not config.prune.streamed or (config.criterion == 'prospr' and config.prune.first_order),
        'config.prune.streamed needs config.criterion="prospr" and config.prune.first_order=True'),
+      (config.distribution in DISTRIBUTIONS, f'config.distribution={config.distribution!r}: valid names are '
+                                             f'{", ".join(sorted(DISTRIBUTIONS))}'),
+      (config.ablation in ABLATIONS, f'config.ablation={config.ablation!r}: valid names are '
+                                     f'{", ".join(sorted(ABLATIONS))}'),
   ]
   for ok, message in checks:
     if not ok:
@@ -101,8 +106,9 @@ def _evaluate(state, setup: Setup, eval_fn, batch_size: int) -> dict[str, float]
 
 
 def train(config: ml_collections.ConfigDict, setup: Setup, mask: PyTree, workdir: pathlib.Path,
-          title: str = '') -> dict[str, float]:
-  """Train ``setup.variables * mask`` for ``config.num_epochs``, resuming from ``workdir`` if it holds a checkpoint."""
+          title: str = '', variables: PyTree | None = None) -> dict[str, float]:
+  """Train ``variables * mask`` (default: ``setup.variables``) for ``config.num_epochs``, resuming from ``workdir``."""
+  variables = setup.variables if variables is None else variables
   workdir.mkdir(parents=True, exist_ok=True)
   sharding.check_global_batch_size(config.batch_size, setup.mesh)
   steps_per_epoch = data.steps_per_epoch(len(setup.train_source), config.batch_size)
@@ -111,8 +117,8 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: PyTree, workdir
   optimizer = training.make_optimizer(learning_rate=schedule, momentum=config.momentum,
                                       weight_decay=config.weight_decay)
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
-  state = sharding.replicate(training.create_train_state(setup.variables, mask, optimizer, rng), setup.mesh)
-  initial_params = sharding.replicate(setup.variables['params'], setup.mesh)
+  state = sharding.replicate(training.create_train_state(variables, mask, optimizer, rng), setup.mesh)
+  initial_params = sharding.replicate(variables['params'], setup.mesh)
   loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size, seed=config.seed,
                              worker_count=config.worker_count)
   batches = iter(loader)
@@ -175,7 +181,8 @@ def prune_and_train(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   results: dict[str, Any] = {'criterion': config.criterion, 'sparsity': config.prune.sparsity}
   if config.num_epochs == 0:
     return results
-  results['pruned'] = train(config, setup, mask, workdir / 'pruned', title=f'{config.criterion} pruned')
+  results['pruned'] = train(config, setup, mask, workdir / 'pruned', title=f'{config.criterion} pruned',
+                            variables=_ablated_variables(config, setup, mask))
   if config.compare_dense:
     results['dense'] = train(config, setup, training.all_ones_mask(setup.variables['params']), workdir / 'dense',
                              title='dense')
@@ -183,6 +190,15 @@ def prune_and_train(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     (workdir / 'results.json').write_text(json.dumps(results, indent=2))
     print(format_results(config, results), flush=True)
   return results
+
+
+def _ablated_variables(config: ml_collections.ConfigDict, setup: Setup, mask: PyTree) -> PyTree:
+  """The pruned network's starting point: the initialisation, or for ``ablation='reinit'`` a new draw of it."""
+  if config.ablation != 'reinit':
+    return setup.variables
+  fresh = jax.jit(functools.partial(setup.model.init, train=False))(
+      jax.random.key(config.seed + 10_000), jnp.zeros((1, *setup.info.input_shape), jnp.float32))
+  return {**setup.variables, 'params': ablations.reinitialize(setup.variables['params'], mask, fresh['params'])}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
@@ -198,9 +214,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 def format_results(config: ml_collections.ConfigDict, results: dict[str, Any]) -> str:
   rows = [('dense', 0.0, results['dense'])] if 'dense' in results else []
-  rows.append((f'{config.criterion}', config.prune.sparsity, results['pruned']))
+  name = config.criterion + ('' if config.ablation == 'none' else f' ({config.ablation})')
+  rows.append((name, config.prune.sparsity, results['pruned']))
   lines = [f'{config.model} on {config.dataset}, {config.num_epochs} epochs',
-           f'{"network":<12} {"sparsity":>8} {"top-1":>8} {"top-5":>8}']
+           f'{"network":<24} {"sparsity":>8} {"top-1":>8} {"top-5":>8}']
   for name, sparsity, row in rows:
-    lines.append(f'{name:<12} {sparsity:>8.1%} {row["eval_top1"]:>8.2%} {row["eval_top5"]:>8.2%}')
+    lines.append(f'{name:<24} {sparsity:>8.1%} {row["eval_top1"]:>8.2%} {row["eval_top5"]:>8.2%}')
   return '\n'.join(lines)

@@ -34,6 +34,7 @@ def flax_loss_fn(
     variables: Mapping[str, PyTree],
     *,
     loss: Callable[[jax.Array, jax.Array], jax.Array] = softmax_cross_entropy,
+    temperature: float = 1.0,
     **apply_kwargs: Any,
 ) -> Callable[[PyTree, Any], jax.Array]:
   """``loss_fn(params, batch)`` for a ``flax.linen`` module, e.g. ``flax_loss_fn(model, variables)``.
@@ -52,6 +53,24 @@ def flax_loss_fn(
     inputs, labels = split_batch(batch)
     out = module.apply({'params': params, **state}, inputs, mutable=mutable, **apply_kwargs)
     logits = out[0] if mutable else out
-    return loss(logits, labels)
+    return loss(logits / temperature, labels)
 
   return loss_fn
+
+
+def flax_apply_fn(module: Any, variables: Mapping[str, PyTree], *,
+                  absolute_state: bool = False) -> Callable[[PyTree, jax.Array], jax.Array]:
+  """``apply_fn(params, inputs) -> outputs`` in eval mode (running BatchNorm statistics), for SynFlow.
+
+  ``absolute_state`` makes the non-parameter collections absolute, as the
+  SynFlow authors' code does to the whole state dict before scoring.
+  """
+  state = {name: value for name, value in variables.items() if name != 'params'}
+  if absolute_state:
+    state = jax.tree.map(abs, state)
+  kwargs = {'train': False} if 'train' in inspect.signature(module.__call__).parameters else {}
+
+  def apply_fn(params: PyTree, inputs: jax.Array) -> jax.Array:
+    return module.apply({'params': params, **state}, inputs, **kwargs)
+
+  return apply_fn

@@ -9,6 +9,7 @@ when the mask has shape ``(C_out,)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -120,35 +121,56 @@ def num_to_keep(total: int, sparsity: float) -> int:
   return math.ceil(round(total * (1.0 - check_sparsity(sparsity)), 6))
 
 
+@jax.jit
+def _finite_per_leaf(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.stack([jnp.all(jnp.isfinite(s)) for s in leaves])
+
+
 def check_finite_scores(scores: PyTree, hint: str = '') -> None:
   """Raise ValueError naming every layer whose scores hold NaN or Inf."""
-  bad = [name for name, s in named_leaves(scores) if not bool(jnp.all(jnp.isfinite(s)))]
+  items = named_leaves(scores)
+  if not items:
+    return
+  finite = np.asarray(_finite_per_leaf([jnp.asarray(s) for _, s in items]))
+  bad = [name for (name, _), ok in zip(items, finite) if not ok]
   if bad:
     raise ValueError(
         f'scores contain NaN or Inf in {", ".join(bad)}. '
         + (hint or 'If they come from ProsPr, the inner loop diverged: try a smaller inner_lr.'))
 
 
-def _flat_scores(scores: PyTree) -> tuple[list[str], list[Any], jax.Array]:
-  items = named_leaves(scores)
-  if not items:
-    raise ValueError('scores hold no array: every leaf is None, so there is nothing to threshold')
-  check_finite_scores(scores)
-  names, leaves = zip(*items)
+def _descending_rank(flat: jax.Array) -> jax.Array:
+  """Each entry's position from the highest score down; equal scores keep index order."""
+  order = jnp.argsort(-flat, stable=True)
+  return jnp.zeros(flat.size, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
+
+
+def _split_like(flat: jax.Array, leaves: list[jax.Array]) -> list[jax.Array]:
+  pieces = jnp.split(flat, np.cumsum([s.size for s in leaves])[:-1])
+  return [p.reshape(s.shape) for p, s in zip(pieces, leaves)]
+
+
+@functools.partial(jax.jit, static_argnames=('keep_one_per_layer',))
+def _global_keep(leaves: list[jax.Array], k: jax.Array, keep_one_per_layer: bool) -> list[jax.Array]:
+  """Top-``k`` over the concatenated leaves (``k`` traced: one compile for every sparsity)."""
   flat = jnp.concatenate([jnp.ravel(s) for s in leaves])
-  return list(names), list(leaves), flat
+  rank = _descending_rank(flat)
+  if not keep_one_per_layer:
+    return _split_like(rank < k, leaves)
+  # Every layer first keeps its best entry; the other k - L slots go by global rank.
+  offsets = np.concatenate([[0], np.cumsum([s.size for s in leaves])[:-1]])
+  best = jnp.asarray(offsets) + jnp.stack([jnp.argmax(jnp.ravel(s)) for s in leaves])
+  reserved = jnp.zeros(flat.size, bool).at[best].set(True)
+  order = jnp.argsort(rank)
+  reserved_ranked = reserved[order]
+  filled = (jnp.cumsum(~reserved_ranked) <= k - len(leaves)) & ~reserved_ranked
+  keep = jnp.zeros(flat.size, bool).at[order].set(reserved_ranked | filled)
+  return _split_like(keep, leaves)
 
 
-def _descending_order(flat: jax.Array) -> jax.Array:
-  """Indices from highest to lowest score; equal scores keep index order."""
-  return jnp.argsort(-flat, stable=True)
-
-
-def _unflatten_like(scores: PyTree, keep_flat: jax.Array, leaves: list[Any]) -> PyTree:
-  sizes = [int(np.prod(jnp.shape(s))) for s in leaves]
-  pieces = jnp.split(keep_flat, np.cumsum(sizes)[:-1])
-  masks = iter([p.reshape(jnp.shape(s)) for p, s in zip(pieces, leaves)])
-  return jax.tree.map(lambda s: None if s is None else next(masks), scores, is_leaf=is_none)
+def _mask_tree(scores: PyTree, kept_leaves: list[jax.Array]) -> PyTree:
+  kept = iter(kept_leaves)
+  return jax.tree.map(lambda s: None if s is None else next(kept), scores, is_leaf=is_none)
 
 
 def global_topk_mask(scores: PyTree, sparsity: float, *, keep_one_per_layer: bool = False) -> PyTree:
@@ -161,50 +183,51 @@ def global_topk_mask(scores: PyTree, sparsity: float, *, keep_one_per_layer: boo
   plain top-k whenever that empties no layer). Returns a tree of bool arrays.
   Runs eagerly (it checks values), not under ``jax.jit``.
   """
-  names, leaves, flat = _flat_scores(scores)
-  total = flat.size
-  k = num_to_keep(total, sparsity)
-  order = _descending_order(flat)
-  if not keep_one_per_layer:
-    keep = jnp.zeros(total, bool).at[order[:k]].set(True)
-  else:
-    if k < len(leaves):
-      raise ValueError(f'cannot keep one entry in each of {len(leaves)} layers with only {k} to keep '
-                       f'(sparsity {sparsity}): lower the sparsity')
-    offsets = np.concatenate([[0], np.cumsum([s.size for s in leaves])[:-1]])
-    best = jnp.asarray(offsets) + jnp.stack([jnp.argmax(jnp.ravel(s)) for s in leaves])
-    reserved = jnp.zeros(total, bool).at[best].set(True)[order]
-    filled = jnp.cumsum(~reserved) <= k - len(leaves)
-    keep = jnp.zeros(total, bool).at[order].set(reserved | (filled & ~reserved))
-  masks = _unflatten_like(scores, keep, leaves)
-  emptied = [name for name, m in named_leaves(masks) if not bool(jnp.any(m))]
+  items = named_leaves(scores)
+  if not items:
+    raise ValueError('scores hold no array: every leaf is None, so there is nothing to threshold')
+  check_finite_scores(scores)
+  names, leaves = zip(*items)
+  leaves = [jnp.asarray(s) for s in leaves]
+  k = num_to_keep(sum(s.size for s in leaves), sparsity)
+  if keep_one_per_layer and k < len(leaves):
+    raise ValueError(f'cannot keep one entry in each of {len(leaves)} layers with only {k} to keep '
+                     f'(sparsity {sparsity}): lower the sparsity')
+  kept = _global_keep(leaves, jnp.int32(k), keep_one_per_layer)
+  emptied = [name for name, any_kept in zip(names, np.asarray(jnp.stack([jnp.any(m) for m in kept])))
+             if not any_kept]
   if emptied:
     raise ValueError(
         f'a global top-k mask at sparsity {sparsity} would remove every weight of {", ".join(emptied)}, '
         'disconnecting the network. Lower the sparsity, or pass keep_one_per_layer=True.')
-  return masks
+  return _mask_tree(scores, kept)
 
 
-def layerwise_topk_mask(scores: PyTree, sparsity: float | PyTree) -> PyTree:
-  """Keep ``ceil(n_l * (1 - s_l))`` highest scores inside each layer, ties by index.
+@jax.jit
+def _layerwise_keep(leaves: list[jax.Array], counts: list[jax.Array]) -> list[jax.Array]:
+  return [(_descending_rank(jnp.ravel(s)) < c).reshape(s.shape) for s, c in zip(leaves, counts)]
 
-  ``sparsity`` is one fraction for all layers or a tree mirroring ``scores``
-  with one fraction per layer (``None`` on unmasked leaves).
+
+def layerwise_topk_mask(scores: PyTree, sparsity: float | PyTree | None = None, *,
+                        keep_counts: PyTree | None = None) -> PyTree:
+  """Keep the highest scores inside each layer, ties by index.
+
+  ``sparsity`` is one fraction for all layers (each keeps ``ceil(n_l * (1 - s))``)
+  or a tree mirroring ``scores`` with one fraction per layer; ``keep_counts`` is
+  such a tree of exact integer counts instead.
   """
   check_finite_scores(scores)
-  if not isinstance(sparsity, (int, float, np.floating)):
+  if (sparsity is None) == (keep_counts is None):
+    raise ValueError('pass exactly one of sparsity and keep_counts')
+  if keep_counts is None:
+    if isinstance(sparsity, (int, float, np.floating)):
+      sparsity = jax.tree.map(lambda s: None if s is None else sparsity, scores, is_leaf=is_none)
     check_same_structure(sparsity, jax.tree.map(lambda s: 0, scores, is_leaf=is_none), 'sparsity')
-  sparsities = (jax.tree.map(lambda s: None if s is None else sparsity, scores, is_leaf=is_none)
-                if isinstance(sparsity, (int, float, np.floating)) else sparsity)
-
-  def layer_mask(s, layer_sparsity):
-    if s is None:
-      return None
-    order = _descending_order(jnp.ravel(s))
-    keep = jnp.zeros(s.size, bool).at[order[:num_to_keep(s.size, layer_sparsity)]].set(True)
-    return keep.reshape(s.shape)
-
-  return jax.tree.map(layer_mask, scores, sparsities, is_leaf=is_none)
+    keep_counts = jax.tree.map(lambda s, sp: None if s is None else num_to_keep(s.size, sp), scores, sparsity,
+                               is_leaf=is_none)
+  leaves = [jnp.asarray(s) for _, s in named_leaves(scores)]
+  counts = [jnp.int32(c) for _, c in named_leaves(keep_counts)]
+  return _mask_tree(scores, _layerwise_keep(leaves, counts))
 
 
 def masks_from_mapping(mapping: Mapping[str, Any], params: PyTree) -> PyTree:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import functools
 import json
 import pathlib
 import time
@@ -17,22 +18,44 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import prospr_jax
-from prospr_jax import data, masks as masks_lib, plots, sharding
+from prospr_jax import ablations, data, distributions, masks as masks_lib, plots, sharding
 from prospr_jax.sparsity_report import SparsityReport
 
 PyTree = Any
 log = logging.getLogger(__name__)
 
 
-def criterion_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The keyword arguments of ``config.criterion`` taken from ``config.prune``."""
+DEFAULT_ROUNDS = {'synflow': 100, 'iterative_snip': 60, 'force': 60}
+
+
+def mask_fn(config: ml_collections.ConfigDict):
+  """``(scores, sparsity) -> masks`` under ``config.distribution``."""
+  return functools.partial(distributions.make_mask, distribution=config.distribution,
+                           keep_one_per_layer=config.prune.keep_one_per_layer)
+
+
+def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: PyTree = None) -> dict[str, Any]:
+  """The keyword arguments of ``config.criterion``, from ``config.prune`` (and the model, for SynFlow)."""
+  name = config.criterion
   kwargs: dict[str, Any] = {'structured': config.prune.structured}
-  if config.criterion == 'prospr':
+  if name == 'prospr':
     kwargs.update(inner_lr=config.prune.inner_lr, inner_momentum=config.prune.inner_momentum,
                   first_order=config.prune.first_order)
-  elif config.criterion == 'random':
+  elif name == 'random':
     kwargs.update(rng=config.seed)
+  if name in prospr_jax.ITERATIVE:
+    kwargs.update(sparsity=config.prune.sparsity, rounds=config.prune.rounds or DEFAULT_ROUNDS[name],
+                  mask_fn=mask_fn(config), invert=config.ablation == 'invert')
+  if name == 'synflow' and model is not None:
+    kwargs.update(apply_fn=prospr_jax.flax_apply_fn(model, variables, absolute_state=True))
   return kwargs
+
+
+def loss_fn_for(config: ml_collections.ConfigDict, model, variables: PyTree):
+  """Train-mode cross-entropy; GraSP's with its logit temperature."""
+  temperature = config.prune.grasp_temperature if config.criterion.startswith('grasp') else 1.0
+  return prospr_jax.flax_loss_fn(model, variables, temperature=temperature,
+                                 rngs={'dropout': jax.random.key(config.seed)})
 
 
 def _global_batches(loader_iterator: Iterator[dict], mesh: Mesh) -> Iterator[dict]:
@@ -48,14 +71,15 @@ def _stacked_global_batches(loader_iterator: Iterator[dict], count: int, mesh: M
   return {key: jax.make_array_from_process_local_data(spec, value) for key, value in stacked.items()}
 
 
-def compute_scores(config: ml_collections.ConfigDict, params: PyTree, loss_fn, info: data.DatasetInfo,
+def compute_scores(config: ml_collections.ConfigDict, model, variables: PyTree, info: data.DatasetInfo,
                    source, mesh: Mesh) -> PyTree:
   """Scores of ``config.criterion`` on M + 1 training batches (a stream for streamed first-order ProsPr)."""
   criterion = prospr_jax.get_criterion(config.criterion)
+  loss_fn = loss_fn_for(config, model, variables)
   loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size, seed=config.seed + 1,
                              worker_count=config.worker_count)
   batches = iter(loader)
-  params = sharding.replicate(params, mesh)
+  params = sharding.replicate(variables['params'], mesh)
   if config.prune.streamed:
     if config.criterion != 'prospr' or not config.prune.first_order:
       raise ValueError('config.prune.streamed needs criterion "prospr" with prune.first_order=True')
@@ -64,19 +88,26 @@ def compute_scores(config: ml_collections.ConfigDict, params: PyTree, loss_fn, i
         inner_lr=config.prune.inner_lr, inner_momentum=config.prune.inner_momentum,
         structured=config.prune.structured, log_every=max(1, config.prune.num_steps // 10))
   stacked = _stacked_global_batches(batches, config.prune.num_steps + 1, mesh)
-  return criterion(params, stacked, loss_fn=loss_fn, **criterion_kwargs(config))
+  scores = criterion(params, stacked, loss_fn=loss_fn, **criterion_kwargs(config, model, variables))
+  if config.ablation == 'invert' and config.criterion not in prospr_jax.ITERATIVE:
+    scores = ablations.invert_scores(scores)  # iterative criteria invert inside every round
+  return scores
 
 
 def prune(config: ml_collections.ConfigDict, model, variables: PyTree, info: data.DatasetInfo, source, mesh: Mesh,
           workdir: pathlib.Path) -> PyTree:
-  """Score, keep the top-k, and write ``mask.npz``, the sparsity report (JSON, text) and a density plot."""
-  loss_fn = prospr_jax.flax_loss_fn(model, variables, rngs={'dropout': jax.random.key(config.seed)})
+  """Score, threshold under ``config.distribution``, apply a mask ablation, write the mask and its report.
+
+  Writes ``mask.npz``, the sparsity report (JSON, text), a density plot and ``pruning.json``.
+  """
   start = time.perf_counter()
-  log.info('Scoring with %s (%s) on %d batches of %d', config.criterion, criterion_kwargs(config),
-               config.prune.num_steps + 1, config.prune.batch_size)
-  scores = jax.block_until_ready(compute_scores(config, variables['params'], loss_fn, info, source, mesh))
-  masks = masks_lib.global_topk_mask(scores, config.prune.sparsity,
-                                     keep_one_per_layer=config.prune.keep_one_per_layer)
+  log.info('Scoring with %s (%s), distribution %s, ablation %s, on %d batches of %d', config.criterion,
+           {k: v for k, v in criterion_kwargs(config).items() if k != 'mask_fn'}, config.distribution,
+           config.ablation, config.prune.num_steps + 1, config.prune.batch_size)
+  scores = jax.block_until_ready(compute_scores(config, model, variables, info, source, mesh))
+  masks = mask_fn(config)(scores, config.prune.sparsity)
+  if config.ablation == 'shuffle':
+    masks = ablations.shuffle_within_layers(masks, config.seed + 3)
   seconds = time.perf_counter() - start
   report = prospr_jax.sparsity_report(masks, variables['params'])
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
@@ -88,13 +119,16 @@ def prune(config: ml_collections.ConfigDict, model, variables: PyTree, info: dat
 def write_mask_artifacts(workdir: pathlib.Path, masks: PyTree, report: SparsityReport,
                          config: ml_collections.ConfigDict, seconds: float) -> None:
   np.savez(workdir / 'mask.npz', **{name: np.asarray(m) for name, m in masks_lib.named_leaves(masks)})
-  report.save_json(workdir / 'sparsity_report.json')
-  (workdir / 'sparsity_report.txt').write_text(str(report) + '\n')
+  choice = {'criterion': config.criterion, 'distribution': config.distribution, 'ablation': config.ablation,
+            'sparsity': config.prune.sparsity, 'structured': config.prune.structured}
+  (workdir / 'sparsity_report.json').write_text(json.dumps({**choice, **report.to_dict()}, indent=2))
+  header = ', '.join(f'{key} {value}' for key, value in choice.items())
+  (workdir / 'sparsity_report.txt').write_text(f'{header}\n{report}\n')
   plots.plot_layer_density(report, workdir / 'layer_density.png',
                            title=f'{config.model} / {config.dataset}: {config.criterion} at sparsity '
                                  f'{config.prune.sparsity:.1%}')
   (workdir / 'pruning.json').write_text(json.dumps(
-      {'criterion': config.criterion, 'prune': config.prune.to_dict(), 'seconds': seconds,
+      {**choice, 'prune': config.prune.to_dict(), 'seconds': seconds,
        'density': report.density}, indent=2))
 
 

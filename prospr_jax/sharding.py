@@ -12,8 +12,12 @@ PyTree = Any
 
 
 def make_mesh() -> Mesh:
-  """A one-axis mesh named 'data' over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ('data',))
+  """A one-axis mesh named 'data' over every device of every process.
+
+  Auto axes: XLA propagates the batch sharding through any model code (Explicit
+  axes would make every reshape of a sharded batch state its output sharding).
+  """
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -96,5 +96,14 @@ def test_streamed_refuses_a_stream_shorter_than_num_steps():
 
 
 def test_unknown_criterion_lists_the_valid_names():
-  with pytest.raises(ValueError, match='unknown criterion .grasp.*magnitude, prospr, random, snip'):
-    prospr_jax.get_criterion('grasp')
+  with pytest.raises(ValueError, match='unknown criterion .obd.; valid names: force, grasp, grasp_mb, '
+                                       'iterative_snip, magnitude, prospr, random, snip, snip_mb, synflow'):
+    prospr_jax.get_criterion('obd')
+
+
+def test_unknown_distribution_and_ablation_list_the_valid_names():
+  from prospr_jax import ablations, distributions
+  with pytest.raises(ValueError, match='unknown distribution .erdos.; valid names: erk, global, uniform'):
+    distributions.make_mask({'w': jnp.ones((2, 2))}, 0.5, 'erdos')
+  with pytest.raises(ValueError, match='unknown ablation .flip.; valid names: invert, none, reinit, shuffle'):
+    ablations.get_ablation('flip')

@@ -50,8 +50,12 @@ def test_random_scores_are_reproducible_from_the_seed_and_differ_across_seeds():
 
 @pytest.mark.parametrize('name', sorted(prospr_jax.CRITERIA))
 def test_every_registered_criterion_takes_the_common_signature(name):
+  from nets import MLP
   params, batches, loss_fn = mlp_problem()
-  scores = prospr_jax.get_criterion(name)(params, batches, loss_fn=loss_fn, structured=True)
+  extra = {'sparsity': 0.5, 'rounds': 3} if name in prospr_jax.ITERATIVE else {}
+  if name == 'synflow':
+    extra['apply_fn'] = lambda p, x: MLP().apply({'params': p}, x)
+  scores = prospr_jax.get_criterion(name)(params, batches, loss_fn=loss_fn, structured=True, **extra)
   assert scores['Dense_2']['kernel'] is None  # the classifier
   assert scores['Dense_0']['kernel'].shape == (12,) and scores['Dense_0']['bias'] is None
   masks = prospr_jax.global_topk_mask(scores, 0.5)

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+import prospr_jax
 from prospr_jax import experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,7 +93,9 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_bit_identical_to_an_uninterr
 
 @pytest.mark.parametrize('override, message', [
     ('--config.prune.sparsity=1.5', r'config.prune.sparsity must be in \[0, 1\)'),
-    ('--config.criterion=grasp', 'config.criterion=.grasp.: valid names are magnitude, prospr, random, snip'),
+    ('--config.criterion=obd', 'config.criterion=.obd.: valid names are force, grasp, grasp_mb'),
+    ('--config.distribution=erdos', 'config.distribution=.erdos.: valid names are erk, global, uniform'),
+    ('--config.ablation=flip', 'config.ablation=.flip.: valid names are invert, none, reinit, shuffle'),
     ('--config.model=vgg17', 'config.model=.vgg17.: valid names'),
     ('--config.prune.streamed=True', 'streamed needs'),
 ])
@@ -100,3 +103,29 @@ def test_prune_py_refuses_a_bad_config_with_a_message_and_no_traceback(tmp_path,
   import re
   done = run_script('prune.py', '--config=configs/default.py', override, f'--workdir={tmp_path}')
   assert done.returncode == 2 and re.search(message, done.stderr) and 'Traceback' not in done.stderr
+
+
+@pytest.mark.parametrize('criterion', sorted(prospr_jax.CRITERIA))
+def test_every_registered_criterion_prunes_the_default_config(tmp_path, criterion):
+  from configs import default
+  config = default.get_config()
+  config.criterion, config.num_epochs = criterion, 0
+  config.prune.update(sparsity=0.95, num_steps=1, batch_size=16, rounds=3)
+  experiment.prune_and_train(config, tmp_path)
+  report = json.loads((tmp_path / 'sparsity_report.json').read_text())
+  assert report['criterion'] == criterion and report['kept'] == int(np.ceil(report['total'] * 0.05 - 1e-9))
+
+
+@pytest.mark.parametrize('distribution, ablation', [('erk', 'none'), ('uniform', 'shuffle'), ('global', 'invert'),
+                                                    ('global', 'reinit')])
+def test_distribution_and_ablation_are_chosen_by_name_and_recorded(tmp_path, distribution, ablation):
+  from configs import default
+  config = default.get_config()
+  config.num_epochs = 1 if ablation == 'reinit' else 0
+  config.compare_dense = False
+  config.distribution, config.ablation = distribution, ablation
+  config.prune.update(num_steps=1, batch_size=16)
+  experiment.prune_and_train(config, tmp_path)
+  report = json.loads((tmp_path / 'sparsity_report.json').read_text())
+  assert (report['distribution'], report['ablation']) == (distribution, ablation)
+  assert f'distribution {distribution}, ablation {ablation}' in (tmp_path / 'sparsity_report.txt').read_text()

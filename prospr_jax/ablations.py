@@ -1,0 +1,49 @@
+"""The sanity checks of Frankle et al. 2021 ("Pruning neural networks at initialization: why are we missing
+the mark?"), for any criterion: shuffle the mask within each layer, reinitialize the kept weights, invert scores.
+
+A criterion that passes them (accuracy drops) uses more than per-layer densities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from prospr_jax import masks as masks_lib
+
+PyTree = Any
+
+ABLATIONS: dict[str, str] = {
+    'none': 'the mask as scored',
+    'shuffle': 'each layer\'s mask randomly permuted: same per-layer counts, random positions',
+    'reinit': 'kept weights re-sampled from the initialiser: same mask, new values',
+    'invert': 'keep the lowest scores instead of the highest (every round, for iterative criteria)',
+}
+
+
+def get_ablation(name: str) -> str:
+  if name not in ABLATIONS:
+    raise ValueError(f'unknown ablation {name!r}; valid names: {", ".join(sorted(ABLATIONS))}')
+  return name
+
+
+def shuffle_within_layers(masks: PyTree, rng: jax.Array | int) -> PyTree:
+  """Permute each layer's mask entries at random: the kept count of every layer is unchanged."""
+  key = jax.random.key(rng) if isinstance(rng, int) else rng
+  leaves, treedef = jax.tree.flatten(masks)
+  keys = jax.random.split(key, len(leaves))
+  shuffled = [jax.random.permutation(k, m.ravel()).reshape(m.shape) for k, m in zip(keys, leaves)]
+  return jax.tree.unflatten(treedef, shuffled)
+
+
+def invert_scores(scores: PyTree) -> PyTree:
+  """Negated scores: top-k then keeps what the criterion ranks lowest."""
+  return jax.tree.map(jnp.negative, scores)
+
+
+def reinitialize(params: PyTree, masks: PyTree, fresh_params: PyTree) -> PyTree:
+  """Masked leaves take their values from ``fresh_params`` (a new draw of the initialiser); the rest stay."""
+  masks_lib.check_same_structure(masks, params)
+  return jax.tree.map(lambda m, p, f: p if m is None else f, masks, params, fresh_params, is_leaf=masks_lib.is_none)
