@@ -21,7 +21,7 @@ def default_workdir(config_filename: str, job: str) -> pathlib.Path:
   return pathlib.Path('workdir') / (name if job == 'prune_and_train' else f'{name}_train')
 
 
-def _name_the_process() -> None:
+def configure_logging() -> None:
   """prospr_jax logs at INFO with the process index; libraries (orbax, absl) only warnings."""
   handler = std_logging.StreamHandler(sys.stderr)
   handler.setFormatter(std_logging.Formatter(
@@ -34,7 +34,7 @@ def _name_the_process() -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename: str, job: str) -> None:
-  _name_the_process()
+  configure_logging()
   workdir_path = pathlib.Path(workdir) if workdir else default_workdir(config_filename, job)
   print(f'workdir: {workdir_path.resolve()}', flush=True)
   try:

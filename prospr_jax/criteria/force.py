@@ -21,10 +21,8 @@ PyTree = Any
 
 def _iterative_snip(params, batches, *, loss_fn, sparsity, rounds, mask_fn, invert, structured, prunable,
                     monotone) -> PyTree:
-  scores_lib.num_batches(batches)
-  first_batch = scores_lib.batch_at(batches, 0)
-  scores_lib.check_loss_fn(loss_fn, params, first_batch)
-  mask = scores_lib.mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)
+  mask = scores_lib.data_mask_variables(params, batches, loss_fn=loss_fn, structured=structured,
+                                        prunable=prunable)
   score_fn = lambda c: jax.tree.map(jnp.abs, snip_gradient(params, batches, c, loss_fn=loss_fn))
   return iterative.prune_iteratively(score_fn, mask, sparsity=sparsity, rounds=rounds, mask_fn=mask_fn,
                                      monotone=monotone, invert=invert)

@@ -54,10 +54,8 @@ def grasp_saliency(
   Several batches along the leading axis average ``g`` and ``H g`` (GraSP-MB).
   Per channel, the sum over the channel (the mask-variable chain rule).
   """
-  scores_lib.num_batches(batches)
-  first_batch = scores_lib.batch_at(batches, 0)
-  scores_lib.check_loss_fn(loss_fn, params, first_batch)
-  mask = scores_lib.mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)
+  mask = scores_lib.data_mask_variables(params, batches, loss_fn=loss_fn, structured=structured,
+                                        prunable=prunable)
   _, hg = hessian_gradient_product(params, batches, mask, loss_fn=loss_fn)
   cotangent = _merge(jax.tree.map(jnp.zeros_like, params), mask, hg)
   _, vjp = jax.vjp(lambda c: masks_lib.apply_mask(params, c), mask)  # theta * Hg, summed per channel

@@ -86,11 +86,8 @@ def prospr_meta_gradient(
   (eq. 17). With momentum this is the true derivative; the authors' code drops
   the step-0 second-order term by detaching the first momentum buffer.
   """
-  scores_lib.num_batches(batches)
-  first_batch = scores_lib.batch_at(batches, 0)
-  scores_lib.check_loss_fn(loss_fn, params, first_batch)
-  mask = scores_lib.mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured,
-                                   prunable=prunable)
+  mask = scores_lib.data_mask_variables(params, batches, loss_fn=loss_fn, structured=structured,
+                                        prunable=prunable)
   optimizer = inner_optimizer or default_inner_optimizer(inner_lr, inner_momentum)
   return _meta_gradient(params, batches, mask, loss_fn=loss_fn, optimizer=optimizer,
                         first_order=first_order, checkpoint_steps=checkpoint_steps)

@@ -66,6 +66,15 @@ def mask_variables(params: PyTree, batch: PyTree, *, loss_fn: LossFn | None, str
   return masks_lib.ones_mask(params, prunable=prunable, structured=structured)
 
 
+def data_mask_variables(params: PyTree, batches: PyTree, *, loss_fn: LossFn, structured: bool,
+                        prunable: masks_lib.Prunable | None) -> PyTree:
+  """Check ``batches`` (leading axis) and ``loss_fn`` (a scalar on ``batches[0]``), then build ``c``."""
+  num_batches(batches)
+  first_batch = batch_at(batches, 0)
+  check_loss_fn(loss_fn, params, first_batch)
+  return mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)
+
+
 def is_concrete(tree: PyTree) -> bool:
   return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 

@@ -37,8 +37,6 @@ def snip_saliency(
   ``batches`` has a leading axis of batches, like ProsPr's; with several, ``L``
   is their mean loss (gradients accumulated over the batches, as SNIP-MB).
   """
-  scores_lib.num_batches(batches)
-  first_batch = scores_lib.batch_at(batches, 0)
-  scores_lib.check_loss_fn(loss_fn, params, first_batch)
-  mask = scores_lib.mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)
+  mask = scores_lib.data_mask_variables(params, batches, loss_fn=loss_fn, structured=structured,
+                                        prunable=prunable)
   return scores_lib.normalized_scores(snip_gradient(params, batches, mask, loss_fn=loss_fn))
