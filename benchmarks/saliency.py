@@ -25,7 +25,7 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('models', ['small_cnn', 'resnet20', 'vgg16'], 'Models from bench_models.MODELS.')
+flags.DEFINE_list('models', ['small_cnn', 'resnet20', 'vgg16'], 'Models from prospr_jax.models (CIFAR shapes).')
 flags.DEFINE_list('batch_sizes', ['16'], 'Batch sizes.')
 flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
 flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure.')
@@ -34,7 +34,6 @@ flags.DEFINE_integer('timeout', 1800, 'Seconds one configuration may take before
 flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON goes.')
 flags.DEFINE_string('worker', None, 'Internal: run one configuration, given as JSON, and print its result.')
 
-HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _peak_rss_bytes() -> int:
@@ -58,14 +57,13 @@ def _time_calls(fn, args, repeats, block):
 
 def run_worker(config: dict) -> dict:
   """Measure one (model, batch_size, steps, mode) in this process."""
-  sys.path.insert(0, str(HERE))
   import jax
   import jax.numpy as jnp
   import optax
   import prospr_jax
-  from bench_models import MODELS
+  from prospr_jax.models import get_model
 
-  model = MODELS[config['model']]()
+  model = get_model(config['model'], 10)
   m, batch_size = config['steps'], config['batch_size']
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(key_x, (m + 1, batch_size, 32, 32, 3), jnp.float32)
