@@ -29,6 +29,7 @@ flags.DEFINE_list('models', ['small_cnn', 'resnet20', 'vgg16'], 'Models from pro
 flags.DEFINE_list('batch_sizes', ['16'], 'Batch sizes.')
 flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
 flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure.')
+flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (models/conv.py), side by side.')
 flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the median is reported.')
 flags.DEFINE_integer('timeout', 1800, 'Seconds one configuration may take before it is reported as timed out.')
 flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON goes.')
@@ -62,8 +63,9 @@ def run_worker(config: dict) -> dict:
   import optax
   import prospr_jax
   from prospr_jax.models import get_model
+  from prospr_jax.models.conv import resolve_conv_impl
 
-  model = get_model(config['model'], 10)
+  model = get_model(config['model'], 10, conv_general_dilated=resolve_conv_impl(config['conv_impl']))
   m, batch_size = config['steps'], config['batch_size']
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(key_x, (m + 1, batch_size, 32, 32, 3), jnp.float32)
@@ -120,20 +122,26 @@ def run_in_subprocess(config: dict) -> dict:
 
 
 def format_table(results: list[dict]) -> str:
-  step_time = {(r['model'], r['batch_size']): r['seconds'] for r in results
-               if r['mode'] == 'train_step' and 'seconds' in r}
-  header = (f'{"model":<10} {"batch":>5} {"M":>4} {"mode":<12} {"wall s":>9} {"x step":>7} {"compile s":>9} '
-            f'{"peak RSS GiB":>12} {"+GiB":>6}')
+  """One row per measurement; ``x step`` is the ratio to the train step with the same conv_impl, ``lax/this`` the
+  speed-up over plain lax.conv on the same work."""
+  key = lambda r, mode=None: (r['model'], r['batch_size'], r['steps'], mode or r['mode'], r['conv_impl'])
+  seconds = {key(r): r['seconds'] for r in results if 'seconds' in r}
+  step_of = lambda r: next((v for (m, b, _, mode, c), v in seconds.items()
+                            if (m, b, mode, c) == (r['model'], r['batch_size'], 'train_step', r['conv_impl'])), None)
+  header = (f'{"model":<9} {"batch":>5} {"M":>4} {"mode":<11} {"conv":<9} {"wall s":>9} {"x step":>7} '
+            f'{"lax/this":>8} {"compile s":>9} {"peak GiB":>8} {"+GiB":>6}')
   rows = [header, '-' * len(header)]
   for r in results:
-    lead = f'{r["model"]:<10} {r["batch_size"]:>5} {r["steps"]:>4} {r["mode"]:<12}'
+    lead = f'{r["model"]:<9} {r["batch_size"]:>5} {r["steps"]:>4} {r["mode"]:<11} {r["conv_impl"]:<9}'
     if 'error' in r:
       rows.append(f'{lead} {r["error"]}')
       continue
-    base = step_time.get((r['model'], r['batch_size']))
-    ratio = f'{r["seconds"] / base:>6.1f}x' if base else f'{"-":>7}'
-    rows.append(f'{lead} {r["seconds"]:>9.3f} {ratio} {r["compile_seconds"]:>9.1f} '
-                f'{r["peak_rss_bytes"] / 2**30:>12.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f}')
+    step = step_of(r)
+    lax_seconds = seconds.get(key(dict(r, conv_impl='lax')))
+    ratio = f'{r["seconds"] / step:>6.1f}x' if step else f'{"-":>7}'
+    speedup = f'{lax_seconds / r["seconds"]:>7.1f}x' if lax_seconds else f'{"-":>8}'
+    rows.append(f'{lead} {r["seconds"]:>9.3f} {ratio} {speedup} {r["compile_seconds"]:>9.1f} '
+                f'{r["peak_rss_bytes"] / 2**30:>8.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f}')
   return '\n'.join(rows)
 
 
@@ -147,9 +155,11 @@ def main(argv):
     for batch_size in map(int, FLAGS.batch_sizes):
       for steps in map(int, FLAGS.steps):
         for mode in FLAGS.modes:
-          config = dict(model=model, batch_size=batch_size, steps=steps, mode=mode, repeats=FLAGS.repeats)
-          print(f'measuring {config} ...', file=sys.stderr, flush=True)
-          results.append(run_in_subprocess(config))
+          for conv_impl in FLAGS.conv_impls:
+            config = dict(model=model, batch_size=batch_size, steps=steps, mode=mode, conv_impl=conv_impl,
+                          repeats=FLAGS.repeats)
+            print(f'measuring {config} ...', file=sys.stderr, flush=True)
+            results.append(run_in_subprocess(config))
   load = os.getloadavg()
   machine = dict(platform=platform.platform(), cpus=os.cpu_count(), load_average=load,
                  python=platform.python_version())

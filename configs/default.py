@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ''  # TFDS data_dir, or the parent folder of tiny-imagenet-200/; '' means the default
   config.model = 'small_cnn'
   config.model_kwargs = ml_collections.ConfigDict()
+  config.conv_impl = 'auto'     # auto | lax | canonical | im2col (prospr_jax/models/conv.py); auto = lax off-CPU
 
   config.criterion = 'prospr'  # a name from prospr_jax.CRITERIA
   config.distribution = 'global'  # how the budget splits across layers: global, uniform or erk

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from prospr_jax import ablations, checkpointing, data, plots, pruning, sharding, training
 from prospr_jax.metrics import MetricsWriter
-from prospr_jax.models import get_model
+from prospr_jax.models import conv as conv_lib, get_model
 
 PyTree = Any
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                              f'{", ".join(sorted(DISTRIBUTIONS))}'),
       (config.ablation in ABLATIONS, f'config.ablation={config.ablation!r}: valid names are '
                                      f'{", ".join(sorted(ABLATIONS))}'),
+      (config.conv_impl in conv_lib.CONV_IMPLS, f'config.conv_impl={config.conv_impl!r}: valid names are '
+                                                f'{", ".join(conv_lib.CONV_IMPLS)}'),
   ]
   for ok, message in checks:
     if not ok:
@@ -87,7 +89,10 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   data_dir = config.data_dir or None
   train_source = data.load_source(config.dataset, info.train_split, data_dir)
   eval_source = data.load_source(config.dataset, info.eval_split, data_dir)
-  model = get_model(config.model, info.num_classes, **config.model_kwargs)
+  conv = conv_lib.resolve_conv_impl(config.conv_impl)
+  log.info('conv_impl %s on %s: %s', config.conv_impl, jax.default_backend(),
+           'lax.conv_general_dilated' if conv is None else conv.__name__)
+  model = get_model(config.model, info.num_classes, conv_general_dilated=conv, **config.model_kwargs)
   init = jax.jit(functools.partial(model.init, train=False))
   variables = init(jax.random.key(config.seed), jnp.zeros((1, *info.input_shape), jnp.float32))
   mesh = sharding.make_mesh()

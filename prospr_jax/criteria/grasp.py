@@ -32,12 +32,20 @@ def _merge(params: PyTree, mask: PyTree, weights: PyTree) -> PyTree:
 
 @functools.partial(jax.jit, static_argnames=('loss_fn',))
 def hessian_gradient_product(params: PyTree, batches: PyTree, mask: PyTree, *, loss_fn) -> tuple[PyTree, PyTree]:
-  """``(g, H g)`` over the masked (prunable) weights, averaged over the batches; ``H g`` by ``jax.jvp`` of ``jax.grad``."""
+  """``(g, H g)`` over the masked (prunable) weights, averaged over the batches; never a full Hessian.
+
+  ``H g = grad_w <grad_w L(w), stop_gradient(g)>`` (reverse over reverse): unlike
+  ``jax.jvp`` of ``jax.grad`` it also runs through the custom-VJP convolutions
+  that make second-order passes fast on CPU (``models/conv.py``).
+  """
   weights, _ = _split(params, mask)
   batch_loss = lambda w, batch: loss_fn(_merge(params, mask, w), batch)
   mean = lambda trees: jax.tree.map(lambda x: jnp.mean(x, axis=0), trees)
   g = mean(jax.vmap(lambda batch: jax.grad(batch_loss)(weights, batch))(batches))
-  hvp = lambda batch: jax.jvp(lambda w: jax.grad(batch_loss)(w, batch), (weights,), (g,))[1]
+  def hvp(batch):
+    directional = lambda w: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(jax.grad(batch_loss)(w, batch)),
+                                                                  jax.tree.leaves(g)))
+    return jax.grad(directional)(weights)
   return g, mean(jax.vmap(hvp)(batches))
 
 

@@ -30,6 +30,7 @@ class VGG(nn.Module):
   num_classes: int = 10
   imagenet_head: bool = False
   dropout_rate: float = 0.5
+  width: float = 1.0  # channel multiplier (tests use narrow VGGs)
   conv_general_dilated: Callable[..., Any] | None = None
 
   @nn.compact
@@ -38,7 +39,7 @@ class VGG(nn.Module):
       if layer == 'M':
         x = nn.max_pool(x, (2, 2), (2, 2))
         continue
-      x = nn.Conv(layer, (3, 3), padding=1, kernel_init=he_normal_fan_out,
+      x = nn.Conv(max(1, int(layer * self.width)), (3, 3), padding=1, kernel_init=he_normal_fan_out,
                   conv_general_dilated=self.conv_general_dilated)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     if not self.imagenet_head:

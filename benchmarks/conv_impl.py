@@ -1,0 +1,78 @@
+"""Which convolution implementation is fastest for each layer shape on this machine (the basis of ``auto``).
+
+For every distinct 3x3 layer of ResNet-20 and VGG-16 at CIFAR shapes it times, per implementation, a
+second-order pass inside a ``lax.scan`` (the shape of an exact ProsPr meta-gradient): the gradient of the
+squared norm of the weight gradient, over 2 scan steps. Median of repeats after warm-up.
+
+  python benchmarks/conv_impl.py --batch_size=64
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from prospr_jax.models import conv
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer('batch_size', 64, 'Batch size.')
+flags.DEFINE_integer('repeats', 3, 'Timed calls after warm-up.')
+flags.DEFINE_list('impls', ['lax', 'canonical', 'im2col'], 'Implementations to compare.')
+
+# (spatial size, input channels, output channels, stride): the 3x3 layers of ResNet-20 and VGG-16 on 32x32.
+LAYERS = [(32, 3, 16, 1), (32, 16, 16, 1), (32, 16, 32, 2), (16, 32, 32, 1), (16, 32, 64, 2), (8, 64, 64, 1),
+          (32, 3, 64, 1), (32, 64, 64, 1), (16, 64, 128, 1), (16, 128, 128, 1), (8, 128, 256, 1), (8, 256, 256, 1),
+          (4, 256, 512, 1), (4, 512, 512, 1), (2, 512, 512, 1)]
+
+
+def second_order_in_a_scan(conv_fn):
+  def loss(w, x):
+    return jnp.sum(conv_fn(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC) ** 2)
+
+  def step(w, x):
+    g = jax.grad(loss)(w, x)
+    return w - 1e-3 * g, None
+
+  def meta(w, xs):
+    w_final, _ = jax.lax.scan(step, w, xs)
+    return loss(w_final, xs[0])
+
+  return jax.jit(jax.grad(meta))
+
+
+def time_layer(impl, size, cin, cout, stride):
+  fn = conv.resolve_conv_impl(impl, 'cpu') or (
+      lambda x, w, s, p, dimension_numbers: jax.lax.conv_general_dilated(x, w, s, p,
+                                                                         dimension_numbers=dimension_numbers))
+  if stride != 1:
+    base = fn
+    fn = lambda x, w, s, p, dimension_numbers: base(x, w, (stride, stride), p, dimension_numbers=dimension_numbers)
+  xs = jax.random.normal(jax.random.key(0), (2, FLAGS.batch_size, size, size, cin))
+  w = jax.random.normal(jax.random.key(1), (3, 3, cin, cout)) * 0.05
+  f = second_order_in_a_scan(fn)
+  jax.block_until_ready(f(w, xs))
+  times = []
+  for _ in range(FLAGS.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(f(w, xs))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main(argv):
+  del argv
+  print(f'second-order pass in a 2-step scan, batch {FLAGS.batch_size}, {jax.devices()[0].device_kind}; seconds')
+  print(f'{"size":>4} {"in":>4} {"out":>4} {"stride":>6} ' + ' '.join(f'{i:>10}' for i in FLAGS.impls) + '  fastest')
+  for layer in LAYERS:
+    seconds = {impl: time_layer(impl, *layer) for impl in FLAGS.impls}
+    fastest = min(seconds, key=seconds.get)
+    print(f'{layer[0]:>4} {layer[1]:>4} {layer[2]:>4} {layer[3]:>6} '
+          + ' '.join(f'{seconds[i]:>10.4f}' for i in FLAGS.impls) + f'  {fastest}', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

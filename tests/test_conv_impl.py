@@ -1,0 +1,85 @@
+"""Convolution implementations equal lax.conv, to second order, and keep XLA:CPU on its fast path."""
+
+import collections
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import prospr_jax
+from prospr_jax.models import conv, get_model
+
+IMPLS = {'canonical': conv.canonical_conv, 'im2col': conv.im2col_conv, 'auto_cpu': conv.auto_cpu_conv}
+
+
+def lax_conv(x, w, strides, padding):
+  return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=conv.NHWC)
+
+
+CASES = [(k, s, p) for k in (1, 3) for s in ((1, 1), (2, 2)) for p in ('SAME', 'VALID', ((1, 2), (0, 1)))]
+
+
+@pytest.mark.parametrize('impl', sorted(IMPLS))
+@pytest.mark.parametrize('kernel, strides, padding', CASES)
+def test_outputs_and_first_and_second_order_gradients_equal_lax_conv(impl, kernel, strides, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+  ours = lambda x, w: IMPLS[impl](x, w, strides, padding, dimension_numbers=conv.NHWC)
+  ref = lambda x, w: lax_conv(x, w, strides, padding)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  # A second-order objective: both first-order gradients feed a loss, differentiated again.
+  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
+  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11), make(ours)(x, w),
+                 make(ref)(x, w))
+
+
+def test_non_plain_convolutions_fall_back_to_lax():
+  x, w = jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 2, 4))  # grouped: feature_group_count=2
+  out = conv.canonical_conv(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC, feature_group_count=2)
+  np.testing.assert_array_equal(out, jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC,
+                                                                   feature_group_count=2))
+
+
+def test_auto_is_lax_off_cpu_and_per_layer_on_cpu():
+  assert conv.resolve_conv_impl('auto', 'gpu') is None and conv.resolve_conv_impl('auto', 'tpu') is None
+  assert conv.resolve_conv_impl('auto', 'cpu') is conv.auto_cpu_conv
+  assert conv.resolve_conv_impl('lax') is None
+  with pytest.raises(ValueError, match='unknown conv_impl .eigen.; valid names: auto, lax, canonical, im2col'):
+    conv.resolve_conv_impl('eigen')
+
+
+def meta_gradient_problem(model_name, conv_impl, size, **kwargs):
+  model = get_model(model_name, 10, conv_general_dilated=conv.resolve_conv_impl(conv_impl, 'cpu'), **kwargs)
+  x = jax.random.normal(jax.random.key(0), (2, 2, size, size, 3))  # M = 1, batches of 2
+  y = jnp.arange(4).reshape(2, 2) % 10
+  variables = model.init(jax.random.key(1), x[0], train=False)
+  variables = jax.tree.map(lambda v: v.astype(jnp.float64), variables)
+  return variables['params'], (x, y), prospr_jax.flax_loss_fn(model, variables)
+
+
+def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolutions():
+  model = get_model('vgg11', 10, conv_general_dilated=conv.resolve_conv_impl('auto', 'cpu'))
+  x, y = jnp.ones((2, 2, 32, 32, 3), jnp.float32), jnp.zeros((2, 2), jnp.int32)
+  variables = model.init(jax.random.key(0), x[0], train=False)
+  loss_fn = prospr_jax.flax_loss_fn(model, variables)
+  hlo = jax.jit(lambda p: prospr_jax.prospr_meta_gradient(p, (x, y), loss_fn=loss_fn)).lower(
+      variables['params']).compile().as_text()
+  convolutions = [line for line in hlo.splitlines() if re.search(r'= \S+ convolution\(', line)]
+  labels = collections.Counter(re.search(r'dim_labels=([^,\s]+)', line).group(1) for line in convolutions)
+  assert convolutions, 'VGG-11 has layers with < 64 input channels: they use canonical convolutions'
+  assert set(labels) == {'b01f_01io->b01f'}, labels
+  assert not any('rhs_reversal' in line for line in convolutions)
+
+
+# Narrow nets that still have layers on both sides of auto's 64-input-channel switch; VGG pools 5 times.
+@pytest.mark.parametrize('model_name, size, kwargs', [('resnet20', 8, {'width': 32}), ('vgg11', 32, {'width': 0.25})])
+def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs):
+  params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **kwargs)
+  _, _, auto_loss = meta_gradient_problem(model_name, 'auto', size, **kwargs)
+  a = prospr_jax.prospr_saliency(params, batches, loss_fn=auto_loss)
+  b = prospr_jax.prospr_saliency(params, batches, loss_fn=lax_loss)
+  # float64 round-off differs between the implementations: compare against each layer's largest score.
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=0, atol=1e-9 * float(jnp.max(jnp.abs(v)))), a, b)
