@@ -68,9 +68,7 @@ def run_worker(config: dict) -> dict:
   model = get_model(config['model'], 10, conv_general_dilated=resolve_conv_impl(config['conv_impl']))
   m, batch_size = config['steps'], config['batch_size']
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(key_x, (m + 1, batch_size, 32, 32, 3), jnp.float32)
-  y = jax.random.randint(key_y, (m + 1, batch_size), 0, 10)
-  variables = model.init(key_init, x[0])
+  variables = model.init(key_init, jnp.zeros((1, 32, 32, 3), jnp.float32))
   params = variables['params']
   loss_fn = prospr_jax.flax_loss_fn(model, variables)
   rss_before = _peak_rss_bytes()
@@ -78,14 +76,20 @@ def run_worker(config: dict) -> dict:
   block = jax.block_until_ready
 
   if mode == 'streamed':
-    batches = [(x[k], y[k]) for k in range(m + 1)]
-    run = lambda: prospr_jax.prospr_saliency_streamed(params, iter(batches), loss_fn=loss_fn, num_steps=m)
+    # A stream as a data loader gives it: each batch made when asked for, so the data held never grow with M.
+    def stream():
+      for k in range(m + 1):
+        kx, ky = jax.random.split(jax.random.fold_in(key_x, k))
+        yield jax.random.normal(kx, (batch_size, 32, 32, 3), jnp.float32), jax.random.randint(ky, (batch_size,), 0, 10)
+    run = lambda: prospr_jax.prospr_saliency_streamed(params, stream(), loss_fn=loss_fn, num_steps=m)
     start = time.perf_counter()
     block(run())  # the first call compiles the step and the final gradient
     first_call = time.perf_counter() - start
     seconds = _time_calls(lambda: run(), (), config['repeats'], block)
     compile_seconds = first_call - seconds
   else:
+    x = jax.random.normal(key_x, (m + 1, batch_size, 32, 32, 3), jnp.float32)
+    y = jax.random.randint(key_y, (m + 1, batch_size), 0, 10)
     if mode == 'train_step':
       optimizer = optax.sgd(0.1, momentum=0.9)
 
@@ -121,15 +125,20 @@ def run_in_subprocess(config: dict) -> dict:
   return json.loads(lines[-1])
 
 
+def _gib(nbytes: int | None) -> str:
+  return '-' if nbytes is None else f'{nbytes / 2**30:.2f}'
+
+
 def format_table(results: list[dict]) -> str:
   """One row per measurement; ``x step`` is the ratio to the train step with the same conv_impl, ``lax/this`` the
-  speed-up over plain lax.conv on the same work."""
+  speed-up over plain lax.conv on the same work; peak host RSS, its growth over the pre-compile RSS, and the
+  accelerator's peak (where the backend reports one)."""
   key = lambda r, mode=None: (r['model'], r['batch_size'], r['steps'], mode or r['mode'], r['conv_impl'])
   seconds = {key(r): r['seconds'] for r in results if 'seconds' in r}
   step_of = lambda r: next((v for (m, b, _, mode, c), v in seconds.items()
                             if (m, b, mode, c) == (r['model'], r['batch_size'], 'train_step', r['conv_impl'])), None)
   header = (f'{"model":<9} {"batch":>5} {"M":>4} {"mode":<11} {"conv":<9} {"wall s":>9} {"x step":>7} '
-            f'{"lax/this":>8} {"compile s":>9} {"peak GiB":>8} {"+GiB":>6}')
+            f'{"lax/this":>8} {"compile s":>9} {"peak GiB":>8} {"+GiB":>6} {"dev GiB":>7}')
   rows = [header, '-' * len(header)]
   for r in results:
     lead = f'{r["model"]:<9} {r["batch_size"]:>5} {r["steps"]:>4} {r["mode"]:<11} {r["conv_impl"]:<9}'
@@ -141,7 +150,8 @@ def format_table(results: list[dict]) -> str:
     ratio = f'{r["seconds"] / step:>6.1f}x' if step else f'{"-":>7}'
     speedup = f'{lax_seconds / r["seconds"]:>7.1f}x' if lax_seconds else f'{"-":>8}'
     rows.append(f'{lead} {r["seconds"]:>9.3f} {ratio} {speedup} {r["compile_seconds"]:>9.1f} '
-                f'{r["peak_rss_bytes"] / 2**30:>8.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f}')
+                f'{r["peak_rss_bytes"] / 2**30:>8.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f} '
+                f'{_gib(r.get("device_peak_bytes")):>7}')
   return '\n'.join(rows)
 
 

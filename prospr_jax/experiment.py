@@ -96,6 +96,8 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   init = jax.jit(functools.partial(model.init, train=False))
   variables = init(jax.random.key(config.seed), jnp.zeros((1, *info.input_shape), jnp.float32))
   mesh = sharding.make_mesh()
+  sharding.assert_same_on_every_process(np.array([len(train_source), len(eval_source)]),
+                                        'the number of records (is every host reading the same dataset?)')
   log.info('%s on %s: %s parameters; %d train / %d eval records; %d devices in %d processes; global batch %d '
                '(%d per process)', config.model, config.dataset,
                f'{sum(x.size for x in jax.tree.leaves(variables["params"])):,}', len(train_source),
@@ -105,7 +107,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
 
 
 def _evaluate(state, setup: Setup, eval_fn, batch_size: int) -> dict[str, float]:
-  sums = [eval_fn(state, sharding.global_batch(batch, setup.mesh))
+  sums = [sharding.host_value(eval_fn(state, sharding.global_batch(batch, setup.mesh)))
           for batch in data.eval_batches(setup.info, setup.eval_source, global_batch_size=batch_size)]
   return training.summarize_eval(sums)
 
@@ -124,20 +126,21 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: PyTree, workdir
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
   state = sharding.replicate(training.create_train_state(variables, mask, optimizer, rng), setup.mesh)
   initial_params = sharding.replicate(variables['params'], setup.mesh)
-  loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size, seed=config.seed,
-                             worker_count=config.worker_count)
-  batches = iter(loader)
   checkpointer = checkpointing.Checkpointer(workdir / 'checkpoints')
   metrics = MetricsWriter(workdir / 'metrics.jsonl')
   if checkpointer.latest_step() is not None:
-    state, _, meta = checkpointer.restore(state, initial_params, batches)
+    state, _, meta = checkpointer.restore(state, initial_params)
     metrics.truncate_after(meta['epoch'])
-    log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', int(state.step), meta['epoch'], workdir)
+  step = int(sharding.host_value(state.step))
+  if step:
+    log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', step, meta['epoch'], workdir)
+  loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size, seed=config.seed,
+                             start_step=step, worker_count=config.worker_count)
+  batches = iter(loader)
 
   # No buffer donation: orbax's async save may still be reading the previous state.
   train_step = jax.jit(functools.partial(training.train_step, model=setup.model, optimizer=optimizer))
   eval_step = jax.jit(functools.partial(training.eval_step, model=setup.model))
-  step = int(state.step)
   progress = tqdm.tqdm(total=total_steps, initial=step, unit='step',
                        disable=None if jax.process_index() == 0 else True,  # None: only on a terminal
                        desc=title or 'train', dynamic_ncols=True, mininterval=2.0)
@@ -151,18 +154,18 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: PyTree, workdir
     if step % steps_per_epoch == 0:
       seconds = time.perf_counter() - epoch_start
       row = {'epoch': step // steps_per_epoch, 'step': step, 'learning_rate': float(schedule(step - 1)),
-             'train_loss': float(np.mean(jax.device_get(epoch_loss))),
-             'train_accuracy': float(np.mean(jax.device_get(epoch_accuracy))),
+             'train_loss': float(np.mean(sharding.host_value(epoch_loss))),
+             'train_accuracy': float(np.mean(sharding.host_value(epoch_accuracy))),
              **_evaluate(state, setup, eval_step, config.eval_batch_size),
              'images_per_second': len(epoch_loss) * config.batch_size / seconds}
       metrics.write(row)
       progress.set_postfix(loss=f'{row["train_loss"]:.3f}', top1=f'{row["eval_top1"]:.2%}',
                            img_s=f'{row["images_per_second"]:.0f}')
       log.info('epoch %d: %s', row['epoch'], json.dumps({k: round(v, 4) for k, v in row.items()}))
-      checkpointer.save(step, state, initial_params, batches, {'epoch': row['epoch']})
+      checkpointer.save(step, state, initial_params, {'epoch': row['epoch']})
       epoch_loss, epoch_accuracy, epoch_start = [], [], time.perf_counter()
     elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-      checkpointer.save(step, state, initial_params, batches, {'epoch': step // steps_per_epoch})
+      checkpointer.save(step, state, initial_params, {'epoch': step // steps_per_epoch})
   progress.close()
   checkpointer.wait()
   checkpointer.close()

@@ -98,27 +98,40 @@ def prune(config: ml_collections.ConfigDict, model, variables: PyTree, info: dat
           workdir: pathlib.Path) -> PyTree:
   """Score, threshold under ``config.distribution``, apply a mask ablation, write the mask and its report.
 
-  Writes ``mask.npz``, the sparsity report (JSON, text), a density plot and ``pruning.json``.
+  Writes ``mask.npz``, ``scores.npz``, the sparsity report (JSON, text), a density plot and ``pruning.json``.
   """
   start = time.perf_counter()
   log.info('Scoring with %s (%s), distribution %s, ablation %s, on %d batches of %d', config.criterion,
            {k: v for k, v in criterion_kwargs(config).items() if k != 'mask_fn'}, config.distribution,
            config.ablation, config.prune.num_steps + 1, config.prune.batch_size)
-  scores = jax.block_until_ready(compute_scores(config, model, variables, info, source, mesh))
+  # Scores of the global batch are replicated: every process thresholds the same values on its own.
+  scores = sharding.host_value(compute_scores(config, model, variables, info, source, mesh))
   masks = mask_fn(config)(scores, config.prune.sparsity)
   if config.ablation == 'shuffle':
     masks = ablations.shuffle_within_layers(masks, config.seed + 3)
+  sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
   seconds = time.perf_counter() - start
   report = prospr_jax.sparsity_report(masks, variables['params'])
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
   if jax.process_index() == 0:
-    write_mask_artifacts(workdir, masks, report, config, seconds)
+    write_mask_artifacts(workdir, masks, report, config, seconds, scores)
   return masks
 
 
+def mask_checksum(masks: PyTree) -> np.ndarray:
+  """Per layer: the kept count and a position-weighted sum of the kept entries (int64)."""
+  rows = []
+  for _, m in masks_lib.named_leaves(masks):
+    flat = np.asarray(m).ravel()
+    kept = np.flatnonzero(flat).astype(np.int64)
+    rows.append([kept.size, int(np.sum((kept * 2654435761) % 1_000_000_007))])
+  return np.asarray(rows, np.int64)
+
+
 def write_mask_artifacts(workdir: pathlib.Path, masks: PyTree, report: SparsityReport,
-                         config: ml_collections.ConfigDict, seconds: float) -> None:
+                         config: ml_collections.ConfigDict, seconds: float, scores: PyTree) -> None:
   np.savez(workdir / 'mask.npz', **{name: np.asarray(m) for name, m in masks_lib.named_leaves(masks)})
+  np.savez(workdir / 'scores.npz', **{name: np.asarray(s) for name, s in masks_lib.named_leaves(scores)})
   choice = {'criterion': config.criterion, 'distribution': config.distribution, 'ablation': config.ablation,
             'sparsity': config.prune.sparsity, 'structured': config.prune.structured}
   (workdir / 'sparsity_report.json').write_text(json.dumps({**choice, **report.to_dict()}, indent=2))
@@ -134,6 +147,7 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: PyTree, report: SparsityR
 
 def load_mask(path: str | pathlib.Path, params: PyTree) -> PyTree:
   """A mask written by ``prune`` (``mask.npz``: layer name -> array), as a tree mirroring ``params``."""
-  with np.load(path) as saved:
+  from etils import epath
+  with epath.Path(path).open('rb') as f, np.load(f) as saved:
     masks = masks_lib.masks_from_mapping({name: saved[name].astype(bool) for name in saved.files}, params)
   return jax.tree.map(jnp.asarray, masks)

@@ -45,4 +45,42 @@ def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-  return jax.device_put(tree, replicated(mesh))
+  """Copy a tree that every process holds in full onto every device of the mesh.
+
+  Built from host values: ``device_put`` cannot move an array committed to one
+  local device onto a sharding that spans other processes' devices.
+  """
+  sharding = replicated(mesh)
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    value = np.asarray(host_value(x))
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(put, tree)
+
+
+def host_value(tree: PyTree) -> PyTree:
+  """Numpy values of (replicated or local) arrays, on every process.
+
+  A replicated global array of a multi-process run is not fully addressable, but
+  each process holds the whole value: read it from the local copy.
+  """
+  def to_host(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.is_fully_replicated:
+        raise ValueError('host_value needs replicated arrays; gather sharded ones first')
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(to_host, tree)
+
+
+def assert_same_on_every_process(values: np.ndarray, what: str) -> None:
+  """Refuse to go on unless every process holds the same small integer array."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  gathered = multihost_utils.process_allgather(np.asarray(values))
+  differing = [p for p in range(len(gathered)) if not np.array_equal(gathered[p], gathered[0])]
+  if differing:
+    raise RuntimeError(f'{what} differs across processes (process 0 vs {differing}): '
+                       f'{[np.asarray(g).tolist() for g in gathered]}')

@@ -10,8 +10,9 @@ from prospr_jax.data import transforms
 DIGITS = data.get_dataset_info('digits')
 
 
-def digits_loader(seed=0, batch_size=32):
-  return data.train_loader(DIGITS, data.load_source('digits', 'train'), global_batch_size=batch_size, seed=seed)
+def digits_loader(seed=0, batch_size=32, start_step=0):
+  return data.train_loader(DIGITS, data.load_source('digits', 'train'), global_batch_size=batch_size, seed=seed,
+                           start_step=start_step)
 
 
 def take(iterator, n):
@@ -23,14 +24,32 @@ def test_training_order_is_fixed_by_the_seed():
   assert not np.array_equal(take(iter(digits_loader(0)), 3), take(iter(digits_loader(1)), 3))
 
 
-def test_a_restored_iterator_continues_where_the_saved_one_was():
+def test_a_loader_started_at_step_s_continues_where_the_original_was_after_s_steps():
   iterator = iter(digits_loader())
   take(iterator, 5)
-  state = iterator.get_state()
   expected = take(iterator, 50)  # runs past the end of an epoch (44 batches of 32)
-  resumed = iter(digits_loader())
-  resumed.set_state(state)
-  np.testing.assert_array_equal(take(resumed, 50), expected)
+  np.testing.assert_array_equal(take(iter(digits_loader(start_step=5)), 50), expected)
+
+
+def test_every_epoch_visits_each_record_once_in_a_new_order():
+  source = data.load_source('digits', 'train')
+  sampler = data.GlobalBatchSampler(len(source), 32, 1, seed=0)
+  epochs = np.array([[sampler[i].record_key for i in range(e * len(source), (e + 1) * len(source))]
+                     for e in range(2)])
+  assert all(sorted(e) == list(range(len(source))) for e in epochs)
+  assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_processes_read_disjoint_slices_of_the_same_global_batches():
+  """grain asks process p of P for sampler index i * P + p; together they cover global batch b exactly."""
+  single = data.GlobalBatchSampler(100, 8, 1, seed=3)
+  pair = data.GlobalBatchSampler(100, 8, 2, seed=3)
+  for step in range(3):
+    global_keys = [single[step * 8 + w].record_key for w in range(8)]
+    per_process = [[pair[(step * 4 + w) * 2 + p].record_key for w in range(4)] for p in range(2)]
+    assert per_process[0] + per_process[1] == global_keys
+  with pytest.raises(ValueError, match='not divisible by 3 processes'):
+    data.GlobalBatchSampler(100, 8, 3, seed=0)
 
 
 def test_training_batches_are_normalised_float_images_with_int_labels():

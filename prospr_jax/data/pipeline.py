@@ -1,8 +1,9 @@
 """grain input pipelines: endless shuffled training batches and padded evaluation batches.
 
-Each process reads only its shard (``ShardByJaxProcess``), and every process
-yields the same number of batches. The training iterator's state goes into
-checkpoints, so a resumed run continues the data order instead of restarting it.
+Each process reads only its slice of every global batch (``GlobalBatchSampler``),
+so every process yields the same number of batches and the global batches do not
+depend on the number of processes. The data position is a function of the step:
+a resumed run passes ``start_step`` and continues the data order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from prospr_jax.data import transforms
 from prospr_jax.data.info import DatasetInfo
+from prospr_jax.data.sampler import GlobalBatchSampler
 
 
 def _record_transforms(info: DatasetInfo, train: bool) -> list[Any]:
@@ -45,14 +47,15 @@ def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
 
 
 def train_loader(info: DatasetInfo, source: Sequence[Any], *, global_batch_size: int, seed: int,
-                 worker_count: int = 0, augment: bool = True) -> grain.DataLoader:
-  """Endless training batches, reshuffled every epoch from ``seed``; iterate it with ``iter(loader)``."""
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=seed)
+                 start_step: int = 0, worker_count: int = 0, augment: bool = True) -> grain.DataLoader:
+  """This process's share of endless training batches from ``start_step`` on, reshuffled every epoch."""
+  processes = jax.process_count()
+  sampler = GlobalBatchSampler(len(source), global_batch_size, processes, seed=seed, start_step=start_step)
   ops = _record_transforms(info, train=augment)
   ops.append(grain.transforms.Batch(local_batch_size(global_batch_size), drop_remainder=True))
-  return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count)
+  shards = grain.sharding.ShardOptions(shard_index=jax.process_index(), shard_count=processes, drop_remainder=True)
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count,
+                          shard_options=shards)
 
 
 def eval_batches(info: DatasetInfo, source: Sequence[Any], *, global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
