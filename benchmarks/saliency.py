@@ -30,9 +30,13 @@ flags.DEFINE_list('batch_sizes', ['16'], 'Batch sizes.')
 flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
 flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure.')
 flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (models/conv.py), side by side.')
-flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the median is reported.')
+flags.DEFINE_integer('image_size', 32, 'Input height and width (224 for ImageNet models).')
+flags.DEFINE_integer('num_classes', 10, 'Output classes (1000 for ImageNet).')
+flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the median is reported (0: the first '
+                     'call after compiling, for baselines too slow to repeat).')
 flags.DEFINE_integer('timeout', 1800, 'Seconds one configuration may take before it is reported as timed out.')
 flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON goes.')
+flags.DEFINE_list('table_from', [], 'Only print one table from these JSON result files.')
 flags.DEFINE_string('worker', None, 'Internal: run one configuration, given as JSON, and print its result.')
 
 
@@ -47,7 +51,11 @@ def _device_peak_bytes(jax) -> int | None:
 
 
 def _time_calls(fn, args, repeats, block):
+  """Median of ``repeats`` calls after a warm-up call; with ``repeats=0`` the first call itself (slow baselines)."""
+  start = time.perf_counter()
   block(fn(*args))  # warm-up
+  if repeats == 0:
+    return time.perf_counter() - start
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -65,10 +73,11 @@ def run_worker(config: dict) -> dict:
   from prospr_jax.models import get_model
   from prospr_jax.models.conv import resolve_conv_impl
 
-  model = get_model(config['model'], 10, conv_general_dilated=resolve_conv_impl(config['conv_impl']))
+  classes, size = config.get('num_classes', 10), config.get('image_size', 32)
+  model = get_model(config['model'], classes, conv_general_dilated=resolve_conv_impl(config['conv_impl']))
   m, batch_size = config['steps'], config['batch_size']
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
-  variables = model.init(key_init, jnp.zeros((1, 32, 32, 3), jnp.float32))
+  variables = model.init(key_init, jnp.zeros((1, size, size, 3), jnp.float32))
   params = variables['params']
   loss_fn = prospr_jax.flax_loss_fn(model, variables)
   rss_before = _peak_rss_bytes()
@@ -80,7 +89,8 @@ def run_worker(config: dict) -> dict:
     def stream():
       for k in range(m + 1):
         kx, ky = jax.random.split(jax.random.fold_in(key_x, k))
-        yield jax.random.normal(kx, (batch_size, 32, 32, 3), jnp.float32), jax.random.randint(ky, (batch_size,), 0, 10)
+        yield (jax.random.normal(kx, (batch_size, size, size, 3), jnp.float32),
+               jax.random.randint(ky, (batch_size,), 0, classes))
     run = lambda: prospr_jax.prospr_saliency_streamed(params, stream(), loss_fn=loss_fn, num_steps=m)
     start = time.perf_counter()
     block(run())  # the first call compiles the step and the final gradient
@@ -88,8 +98,8 @@ def run_worker(config: dict) -> dict:
     seconds = _time_calls(lambda: run(), (), config['repeats'], block)
     compile_seconds = first_call - seconds
   else:
-    x = jax.random.normal(key_x, (m + 1, batch_size, 32, 32, 3), jnp.float32)
-    y = jax.random.randint(key_y, (m + 1, batch_size), 0, 10)
+    x = jax.random.normal(key_x, (m + 1, batch_size, size, size, 3), jnp.float32)
+    y = jax.random.randint(key_y, (m + 1, batch_size), 0, classes)
     if mode == 'train_step':
       optimizer = optax.sgd(0.1, momentum=0.9)
 
@@ -160,6 +170,9 @@ def main(argv):
   if FLAGS.worker:
     print(json.dumps(run_worker(json.loads(FLAGS.worker))))
     return
+  if FLAGS.table_from:  # one table from earlier runs' JSON (e.g. a slow baseline measured separately)
+    print(format_table([r for path in FLAGS.table_from for r in json.loads(pathlib.Path(path).read_text())['results']]))
+    return
   results = []
   for model in FLAGS.models:
     for batch_size in map(int, FLAGS.batch_sizes):
@@ -167,6 +180,7 @@ def main(argv):
         for mode in FLAGS.modes:
           for conv_impl in FLAGS.conv_impls:
             config = dict(model=model, batch_size=batch_size, steps=steps, mode=mode, conv_impl=conv_impl,
+                          image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
                           repeats=FLAGS.repeats)
             print(f'measuring {config} ...', file=sys.stderr, flush=True)
             results.append(run_in_subprocess(config))

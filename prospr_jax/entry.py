@@ -42,13 +42,14 @@ def default_workdir(config_filename: str, job: str) -> pathlib.Path:
 
 
 def configure_logging() -> None:
-  """prospr_jax logs at INFO with the process index; libraries (orbax, absl) only warnings."""
+  """prospr_jax logs at INFO on process 0 (warnings and errors on every process, named by index); libraries
+  (orbax, absl) only warnings."""
   handler = std_logging.StreamHandler(sys.stderr)
   handler.setFormatter(std_logging.Formatter(
       f'%(asctime)s [process {jax.process_index()}/{jax.process_count()}] %(levelname)s %(message)s', '%H:%M:%S'))
   logger = std_logging.getLogger('prospr_jax')
   logger.handlers[:] = [handler]
-  logger.setLevel(std_logging.INFO)
+  logger.setLevel(std_logging.INFO if jax.process_index() == 0 else std_logging.WARNING)
   logger.propagate = False
   logging.set_verbosity(logging.WARNING)
 

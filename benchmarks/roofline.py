@@ -1,0 +1,105 @@
+"""Where the CPU time goes: XLA's FLOP and byte counts of a compiled program against this machine's matmul rate.
+
+Measures the machine's f32 matmul rate (XLA's dot and numpy's BLAS, square and im2col-shaped), then compiles a
+model's train step and exact ProsPr meta-gradient with a conv implementation, reads XLA's cost analysis (FLOPs,
+bytes accessed) and memory analysis (temporary buffers), times them, and prints achieved GFLOP/s beside the
+matmul rate.
+
+  python benchmarks/roofline.py --model=vgg16 --batch_size=256 --conv_impl=auto
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('model', 'vgg16', 'Model from prospr_jax.models (CIFAR shapes).')
+flags.DEFINE_integer('batch_size', 256, 'Batch size.')
+flags.DEFINE_integer('steps', 3, 'M for the exact meta-gradient.')
+flags.DEFINE_string('conv_impl', 'auto', 'Convolution implementation (models/conv.py).')
+flags.DEFINE_list('programs', ['train_step', 'exact'], 'Programs to analyse.')
+flags.DEFINE_string('out', 'benchmarks/results/roofline.json', 'Where the JSON goes.')
+
+
+def _seconds(fn, *args, repeats=3):
+  import jax
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2]
+
+
+def matmul_rates() -> dict[str, float]:
+  """GFLOP/s of f32 matmuls: square, and the im2col shape of VGG-16's 32x32x64 layer at batch 64."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rates = {}
+  for name, (m, k, n) in {'square 2048': (2048, 2048, 2048), 'im2col 65536x576x64': (65536, 576, 64),
+                          'im2col 4096x2304x256': (4096, 2304, 256)}.items():
+    a, b = np.random.default_rng(0).standard_normal((m, k), np.float32), np.ones((k, n), np.float32)
+    dot = jax.jit(jnp.dot)
+    rates[f'xla {name}'] = 2 * m * k * n / _seconds(dot, jnp.asarray(a), jnp.asarray(b)) / 1e9
+    rates[f'numpy {name}'] = 2 * m * k * n / _seconds(np.dot, a, b) / 1e9
+  return rates
+
+
+def program(name: str):
+  import jax
+  import jax.numpy as jnp
+  import optax
+  import prospr_jax
+  from prospr_jax.models import get_model
+  from prospr_jax.models.conv import resolve_conv_impl
+  model = get_model(FLAGS.model, 10, conv_general_dilated=resolve_conv_impl(FLAGS.conv_impl))
+  m, b = FLAGS.steps, FLAGS.batch_size
+  x = jax.random.normal(jax.random.key(0), (m + 1, b, 32, 32, 3), jnp.float32)
+  y = jax.random.randint(jax.random.key(1), (m + 1, b), 0, 10)
+  variables = model.init(jax.random.key(2), x[0])
+  params, loss_fn = variables['params'], prospr_jax.flax_loss_fn(model, variables)
+  if name == 'train_step':
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    def fn(params, opt_state, batch):
+      updates, opt_state = optimizer.update(jax.grad(loss_fn)(params, batch), opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+    return fn, (params, optimizer.init(params), (x[0], y[0]))
+  return (lambda params, batches: prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn)), (params, (x, y))
+
+
+def main(argv):
+  del argv
+  import jax
+  rates = matmul_rates()
+  for name, rate in rates.items():
+    print(f'{name:<28} {rate:7.1f} GFLOP/s')
+  rows = []
+  for name in FLAGS.programs:
+    fn, args = program(name)
+    compiled = jax.jit(fn).lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    seconds = _seconds(compiled, *args, repeats=1)
+    flops, nbytes = float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+    memory = compiled.memory_analysis()
+    temp = float(getattr(memory, 'temp_size_in_bytes', 0))
+    rows.append(dict(program=name, seconds=seconds, gflop=flops / 1e9, gbytes=nbytes / 1e9,
+                     gflops_per_s=flops / seconds / 1e9, gbytes_per_s=nbytes / seconds / 1e9, temp_gib=temp / 2**30))
+    print(f'{FLAGS.model} b{FLAGS.batch_size} {FLAGS.conv_impl} {name:<10} {seconds:8.2f} s  '
+          f'{flops / 1e9:8.1f} GFLOP  {nbytes / 1e9:7.1f} GB accessed  {flops / seconds / 1e9:6.1f} GFLOP/s  '
+          f'{nbytes / seconds / 1e9:5.1f} GB/s  XLA temp buffers {temp / 2**30:.2f} GiB', flush=True)
+  out = pathlib.Path(FLAGS.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({'flags': {k: FLAGS[k].value for k in ('model', 'batch_size', 'steps', 'conv_impl')},
+                             'matmul_gflops_per_s': rates, 'programs': rows}, indent=2))
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)
