@@ -128,11 +128,11 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: PyTree, workdir
   initial_params = sharding.replicate(variables['params'], setup.mesh)
   checkpointer = checkpointing.Checkpointer(workdir / 'checkpoints')
   metrics = MetricsWriter(workdir / 'metrics.jsonl')
+  step = 0
   if checkpointer.latest_step() is not None:
     state, _, meta = checkpointer.restore(state, initial_params)
     metrics.truncate_after(meta['epoch'])
-  step = int(sharding.host_value(state.step))
-  if step:
+    step = int(sharding.host_value(state.step))
     log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', step, meta['epoch'], workdir)
   loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size, seed=config.seed,
                              start_step=step, worker_count=config.worker_count)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import prospr_jax
@@ -147,7 +148,6 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: PyTree, report: SparsityR
 
 def load_mask(path: str | pathlib.Path, params: PyTree) -> PyTree:
   """A mask written by ``prune`` (``mask.npz``: layer name -> array), as a tree mirroring ``params``."""
-  from etils import epath
   with epath.Path(path).open('rb') as f, np.load(f) as saved:
     masks = masks_lib.masks_from_mapping({name: saved[name].astype(bool) for name in saved.files}, params)
   return jax.tree.map(jnp.asarray, masks)

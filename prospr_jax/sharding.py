@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
@@ -78,7 +79,6 @@ def assert_same_on_every_process(values: np.ndarray, what: str) -> None:
   """Refuse to go on unless every process holds the same small integer array."""
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils
   gathered = multihost_utils.process_allgather(np.asarray(values))
   differing = [p for p in range(len(gathered)) if not np.array_equal(gathered[p], gathered[0])]
   if differing:
