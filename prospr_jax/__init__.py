@@ -26,12 +26,15 @@ from prospr_jax.criteria import (
 from prospr_jax.distributions import DISTRIBUTIONS, make_mask
 from prospr_jax.losses import flax_apply_fn, flax_loss_fn, softmax_cross_entropy
 from prospr_jax.masks import (
+    all_ones_mask,
     apply_mask,
     default_prunable,
     global_topk_mask,
     layerwise_topk_mask,
+    load_masks,
     ones_mask,
+    save_masks,
 )
-from prospr_jax.sparsity_report import SparsityReport, sparsity_report
+from prospr_jax.sparsity import SparsityReport, sparsity_report
 
 __version__ = '0.1.0'

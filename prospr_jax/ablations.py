@@ -6,14 +6,11 @@ A criterion that passes them (accuracy drops) uses more than per-layer densities
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-
-PyTree = Any
+from prospr_jax.criteria.scores import invert_scores  # noqa: F401  (the invert ablation, applied by the registry)
 
 ABLATIONS: dict[str, str] = {
     'none': 'the mask as scored',
@@ -23,13 +20,7 @@ ABLATIONS: dict[str, str] = {
 }
 
 
-def get_ablation(name: str) -> str:
-  if name not in ABLATIONS:
-    raise ValueError(f'unknown ablation {name!r}; valid names: {", ".join(sorted(ABLATIONS))}')
-  return name
-
-
-def shuffle_within_layers(masks: PyTree, rng: jax.Array | int) -> PyTree:
+def shuffle_within_layers(masks: ArrayTree, rng: jax.Array | int) -> ArrayTree:
   """Permute each layer's mask entries at random: the kept count of every layer is unchanged."""
   key = jax.random.key(rng) if isinstance(rng, int) else rng
   leaves, treedef = jax.tree.flatten(masks)
@@ -38,12 +29,7 @@ def shuffle_within_layers(masks: PyTree, rng: jax.Array | int) -> PyTree:
   return jax.tree.unflatten(treedef, shuffled)
 
 
-def invert_scores(scores: PyTree) -> PyTree:
-  """Negated scores: top-k then keeps what the criterion ranks lowest."""
-  return jax.tree.map(jnp.negative, scores)
-
-
-def reinitialize(params: PyTree, masks: PyTree, fresh_params: PyTree) -> PyTree:
+def reinitialize(params: ArrayTree, masks: ArrayTree, fresh_params: ArrayTree) -> ArrayTree:
   """Masked leaves take their values from ``fresh_params`` (a new draw of the initialiser); the rest stay."""
   masks_lib.check_same_structure(masks, params)
   return jax.tree.map(lambda m, p, f: p if m is None else f, masks, params, fresh_params, is_leaf=masks_lib.is_none)

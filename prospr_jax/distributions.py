@@ -7,15 +7,12 @@ Every distribution keeps exactly ``ceil(N * (1 - sparsity))`` entries in all;
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-
-PyTree = Any
 
 
 def _largest_remainder(quotas: np.ndarray, sizes: np.ndarray, total: int) -> np.ndarray:
@@ -49,7 +46,7 @@ def erk_densities(shapes: list[tuple[int, ...]], density: float, power_scale: fl
     dense.add(max(over, key=lambda i: raw[i]))
 
 
-def layer_keep_counts(scores: PyTree, sparsity: float, distribution: str) -> list[int]:
+def layer_keep_counts(scores: ArrayTree, sparsity: float, distribution: str) -> list[int]:
   """Kept entries per masked leaf (tree order) under ``distribution``; they sum to ``ceil(N * (1 - sparsity))``."""
   shapes = [tuple(np.shape(s)) for _, s in masks_lib.named_leaves(scores)]
   sizes = np.array([math.prod(shape) for shape in shapes])
@@ -63,8 +60,8 @@ def layer_keep_counts(scores: PyTree, sparsity: float, distribution: str) -> lis
   return [int(c) for c in _largest_remainder(densities * sizes, sizes, total)]
 
 
-def make_mask(scores: PyTree, sparsity: float, distribution: str = 'global', *,
-              keep_one_per_layer: bool = False) -> PyTree:
+def make_mask(scores: ArrayTree, sparsity: float, distribution: str = 'global', *,
+              keep_one_per_layer: bool = False) -> ArrayTree:
   """Threshold ``scores`` at ``sparsity``: ``'global'`` top-k, or per-layer top-k with ``'uniform'``/``'erk'`` counts."""
   get_distribution(distribution)
   if distribution == 'global':
@@ -86,5 +83,3 @@ def get_distribution(name: str) -> str:
     raise ValueError(f'unknown distribution {name!r}; valid names: {", ".join(sorted(DISTRIBUTIONS))}')
   return name
 
-
-MaskFn = Callable[[PyTree, float], PyTree]

@@ -8,8 +8,7 @@ from typing import Any
 
 import jax
 import optax
-
-PyTree = Any
+from chex import ArrayTree
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -31,12 +30,12 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 def flax_loss_fn(
     module: Any,
-    variables: Mapping[str, PyTree],
+    variables: Mapping[str, ArrayTree],
     *,
     loss: Callable[[jax.Array, jax.Array], jax.Array] = softmax_cross_entropy,
     temperature: float = 1.0,
     **apply_kwargs: Any,
-) -> Callable[[PyTree, Any], jax.Array]:
+) -> Callable[[ArrayTree, Any], jax.Array]:
   """``loss_fn(params, batch)`` for a ``flax.linen`` module, e.g. ``flax_loss_fn(model, variables)``.
 
   ``params`` replaces ``variables['params']``; other collections (BatchNorm's
@@ -47,9 +46,9 @@ def flax_loss_fn(
   state = {name: value for name, value in variables.items() if name != 'params'}
   if 'train' in inspect.signature(module.__call__).parameters:
     apply_kwargs.setdefault('train', True)
-  mutable = list(state) if apply_kwargs.get('train', False) else False
+  mutable = list(state) if apply_kwargs.get('train', False) and state else False  # no state: plain outputs
 
-  def loss_fn(params: PyTree, batch: Any) -> jax.Array:
+  def loss_fn(params: ArrayTree, batch: Any) -> jax.Array:
     inputs, labels = split_batch(batch)
     out = module.apply({'params': params, **state}, inputs, mutable=mutable, **apply_kwargs)
     logits = out[0] if mutable else out
@@ -58,8 +57,8 @@ def flax_loss_fn(
   return loss_fn
 
 
-def flax_apply_fn(module: Any, variables: Mapping[str, PyTree], *,
-                  absolute_state: bool = False) -> Callable[[PyTree, jax.Array], jax.Array]:
+def flax_apply_fn(module: Any, variables: Mapping[str, ArrayTree], *,
+                  absolute_state: bool = False) -> Callable[[ArrayTree, jax.Array], jax.Array]:
   """``apply_fn(params, inputs) -> outputs`` in eval mode (running BatchNorm statistics), for SynFlow.
 
   ``absolute_state`` makes the non-parameter collections absolute, as the
@@ -70,7 +69,7 @@ def flax_apply_fn(module: Any, variables: Mapping[str, PyTree], *,
     state = jax.tree.map(abs, state)
   kwargs = {'train': False} if 'train' in inspect.signature(module.__call__).parameters else {}
 
-  def apply_fn(params: PyTree, inputs: jax.Array) -> jax.Array:
+  def apply_fn(params: ArrayTree, inputs: jax.Array) -> jax.Array:
     return module.apply({'params': params, **state}, inputs, **kwargs)
 
   return apply_fn

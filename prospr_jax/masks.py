@@ -1,4 +1,4 @@
-"""Mask pytrees: which leaves are prunable, top-k thresholding, applying a mask.
+"""Mask pytrees: which leaves are prunable, top-k thresholding, applying a mask, saving and loading.
 
 A mask (or score) tree mirrors the params tree: an array where a leaf is
 prunable and ``None`` elsewhere, so always map with
@@ -10,15 +10,21 @@ when the mask has shape ``(C_out,)``.
 from __future__ import annotations
 
 import functools
+import io
 import math
+import os
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chex import ArrayTree
+from etils import epath
 
-PyTree = Any
+from prospr_jax import files
+
 Path = tuple[str, ...]
 Prunable = Callable[[Path, Any], bool]
 
@@ -44,7 +50,7 @@ def layer_name(path: tuple[Any, ...]) -> str:
   return '/'.join(path_names(path))
 
 
-def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+def named_leaves(tree: ArrayTree) -> list[tuple[str, Any]]:
   """(name, leaf) for every non-``None`` leaf of a mask or score tree, in tree order."""
   leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_none)
   return [(layer_name(path), leaf) for path, leaf in leaves if leaf is not None]
@@ -56,11 +62,11 @@ def mask_shape(leaf_shape: tuple[int, ...], structured: bool) -> tuple[int, ...]
 
 
 def ones_mask(
-    params: PyTree,
+    params: ArrayTree,
     *,
     prunable: Prunable | None = None,
     structured: bool = False,
-) -> PyTree:
+) -> ArrayTree:
   """The all-ones mask ``c`` of paper eq. 3, as a tree: ones where prunable, ``None`` elsewhere.
 
   Raises ValueError when ``prunable`` selects no leaf.
@@ -83,7 +89,12 @@ def ones_mask(
   return masks
 
 
-def check_same_structure(masks: PyTree, params: PyTree, what: str = 'masks') -> None:
+def all_ones_mask(params: ArrayTree) -> ArrayTree:
+  """The dense network's mask: every prunable leaf kept (bool)."""
+  return jax.tree.map(lambda m: jnp.ones(m.shape, bool), ones_mask(params))
+
+
+def check_same_structure(masks: ArrayTree, params: ArrayTree, what: str = 'masks') -> None:
   """Raise ValueError unless ``masks`` mirrors ``params`` (``None`` on unmasked leaves)."""
   mask_def = jax.tree.structure(masks, is_leaf=is_none)
   param_def = jax.tree.structure(params)
@@ -93,20 +104,20 @@ def check_same_structure(masks: PyTree, params: PyTree, what: str = 'masks') -> 
         f'leaves (build them from the same params).\n  {what}: {mask_def}\n  params: {param_def}')
 
 
-def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
+def apply_mask(params: ArrayTree, masks: ArrayTree) -> ArrayTree:
   """``params * masks`` leaf by leaf; a ``(C_out,)`` mask zeroes whole output channels."""
   check_same_structure(masks, params)
 
-  def apply(mask, param):
+  def apply(path, mask, param):
     if mask is None:
       return param
     if jnp.shape(mask) not in (jnp.shape(param), jnp.shape(param)[-1:]):
       raise ValueError(
-          f'mask of shape {jnp.shape(mask)} does not fit a parameter of shape {jnp.shape(param)}: '
-          'use the parameter\'s shape, or (C_out,) for one entry per output channel')
+          f'the mask of {layer_name(path)} has shape {jnp.shape(mask)}, which does not fit its parameter of shape '
+          f'{jnp.shape(param)}: use the parameter\'s shape, or (C_out,) for one entry per output channel')
     return param * jnp.asarray(mask).astype(jnp.result_type(param))
 
-  return jax.tree.map(apply, masks, params, is_leaf=is_none)
+  return jax.tree_util.tree_map_with_path(apply, masks, params, is_leaf=is_none)
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -126,7 +137,7 @@ def _finite_per_leaf(leaves: list[jax.Array]) -> jax.Array:
   return jnp.stack([jnp.all(jnp.isfinite(s)) for s in leaves])
 
 
-def check_finite_scores(scores: PyTree, hint: str = '') -> None:
+def check_finite_scores(scores: ArrayTree, hint: str = '') -> None:
   """Raise ValueError naming every layer whose scores hold NaN or Inf."""
   items = named_leaves(scores)
   if not items:
@@ -136,7 +147,8 @@ def check_finite_scores(scores: PyTree, hint: str = '') -> None:
   if bad:
     raise ValueError(
         f'scores contain NaN or Inf in {", ".join(bad)}. '
-        + (hint or 'If they come from ProsPr, the inner loop diverged: try a smaller inner_lr.'))
+        + (hint or 'If they come from ProsPr, the inner loop diverged: try a smaller inner_lr '
+                 '(config.prune.inner_lr), and check the inputs hold no NaN.'))
 
 
 def _descending_rank(flat: jax.Array) -> jax.Array:
@@ -168,12 +180,12 @@ def _global_keep(leaves: list[jax.Array], k: jax.Array, keep_one_per_layer: bool
   return _split_like(keep, leaves)
 
 
-def _mask_tree(scores: PyTree, kept_leaves: list[jax.Array]) -> PyTree:
+def _mask_tree(scores: ArrayTree, kept_leaves: list[jax.Array]) -> ArrayTree:
   kept = iter(kept_leaves)
   return jax.tree.map(lambda s: None if s is None else next(kept), scores, is_leaf=is_none)
 
 
-def global_topk_mask(scores: PyTree, sparsity: float, *, keep_one_per_layer: bool = False) -> PyTree:
+def global_topk_mask(scores: ArrayTree, sparsity: float, *, keep_one_per_layer: bool = False) -> ArrayTree:
   """Keep the ``ceil(N * (1 - sparsity))`` highest scores over all layers (paper Alg. 1, lines 11-12).
 
   Ties are broken by index (tree order, then row-major), so the kept count is
@@ -199,7 +211,8 @@ def global_topk_mask(scores: PyTree, sparsity: float, *, keep_one_per_layer: boo
   if emptied:
     raise ValueError(
         f'a global top-k mask at sparsity {sparsity} would remove every weight of {", ".join(emptied)}, '
-        'disconnecting the network. Lower the sparsity, or pass keep_one_per_layer=True.')
+        'disconnecting the network. Lower the sparsity, or keep one weight per layer (keep_one_per_layer=True; in a '
+        'config, config.prune.keep_one_per_layer=True).')
   return _mask_tree(scores, kept)
 
 
@@ -208,8 +221,8 @@ def _layerwise_keep(leaves: list[jax.Array], counts: list[jax.Array]) -> list[ja
   return [(_descending_rank(jnp.ravel(s)) < c).reshape(s.shape) for s, c in zip(leaves, counts)]
 
 
-def layerwise_topk_mask(scores: PyTree, sparsity: float | PyTree | None = None, *,
-                        keep_counts: PyTree | None = None) -> PyTree:
+def layerwise_topk_mask(scores: ArrayTree, sparsity: float | ArrayTree | None = None, *,
+                        keep_counts: ArrayTree | None = None) -> ArrayTree:
   """Keep the highest scores inside each layer, ties by index.
 
   ``sparsity`` is one fraction for all layers (each keeps ``ceil(n_l * (1 - s))``)
@@ -230,7 +243,7 @@ def layerwise_topk_mask(scores: PyTree, sparsity: float | PyTree | None = None, 
   return _mask_tree(scores, _layerwise_keep(leaves, counts))
 
 
-def masks_from_mapping(mapping: Mapping[str, Any], params: PyTree) -> PyTree:
+def masks_from_mapping(mapping: Mapping[str, Any], params: ArrayTree) -> ArrayTree:
   """Rebuild a mask tree from ``{layer_name: array}`` (e.g. a loaded ``.npz``), ``None`` elsewhere."""
   def take(path, _):
     return None if layer_name(path) not in mapping else jnp.asarray(mapping[layer_name(path)])
@@ -239,3 +252,61 @@ def masks_from_mapping(mapping: Mapping[str, Any], params: PyTree) -> PyTree:
   if unknown:
     raise ValueError(f'mask names {sorted(unknown)} are not parameters of this model')
   return masks
+
+
+def save_masks(path: str | os.PathLike[str], masks: ArrayTree) -> None:
+  """Write ``{layer_name: array}`` as an ``.npz`` at a local or cloud path, atomically."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **{name: np.asarray(m) for name, m in named_leaves(masks)})
+  files.write_bytes(path, buffer.getvalue())
+
+
+def _read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+  path = epath.Path(path)
+  if not path.exists() or path.is_dir():
+    raise FileNotFoundError(f'mask file {path} {"is a folder" if path.exists() else "does not exist"}: give the '
+                            'mask.npz that prune.py wrote (or save_masks)')
+  try:
+    with path.open('rb') as f:
+      raw = f.read()
+    if not raw.startswith(b'PK'):  # an .npz is a zip archive; anything else (an .npy, text) is not
+      raise ValueError('not an .npz (zip) archive')
+    saved = np.load(io.BytesIO(raw), allow_pickle=False)
+    if not isinstance(saved, np.lib.npyio.NpzFile):
+      raise ValueError('a single array, not an .npz of named layers')
+    with saved:
+      return {name: saved[name] for name in saved.files}
+  except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+    raise ValueError(f'mask file {path} is not a readable .npz of layer masks ({error}): give the mask.npz '
+                     'that prune.py wrote (or save_masks)') from None
+
+
+def load_masks(path: str | os.PathLike[str], params: ArrayTree, *, template: ArrayTree | None = None) -> ArrayTree:
+  """A mask saved by ``save_masks``, as a bool tree mirroring ``params``; refuses one that does not fit.
+
+  Every entry must be 0 or 1 and fit its parameter (its shape, or ``(C_out,)``).
+  With ``template`` (a mask tree such as ``ones_mask(params)``) the file must
+  name exactly the template's layers with the template's shapes, so no layer
+  silently trains dense.
+  """
+  saved = _read_npz(path)
+  if not saved:
+    raise ValueError(f'mask file {path} holds no layer: it is empty')
+  not_binary = [name for name, m in saved.items() if not np.isin(m, (0, 1)).all()]
+  if not_binary:
+    raise ValueError(f'mask file {path} holds values other than 0 and 1 in {", ".join(not_binary)}: is it a '
+                     'scores file? Give the mask.npz')
+  masks = masks_from_mapping({name: m.astype(bool) for name, m in saved.items()}, params)
+  apply_mask(params, masks)  # refuses a shape that fits no parameter, naming both shapes
+  if template is not None:
+    wanted = {name: np.shape(m) for name, m in named_leaves(template)}
+    got = {name: np.shape(m) for name, m in saved.items()}
+    missing = sorted(set(wanted) - set(got))
+    extra = sorted(set(got) - set(wanted))
+    wrong = sorted(name for name in set(wanted) & set(got) if wanted[name] != got[name])
+    if missing or extra or wrong:
+      details = '; '.join(part for part in (
+          missing and f'missing {", ".join(missing)}', extra and f'not prunable here {", ".join(extra)}',
+          wrong and 'wrong shape ' + ', '.join(f'{n} {got[n]} (want {wanted[n]})' for n in wrong)) if part)
+      raise ValueError(f'mask file {path} does not fit this model: {details}')
+  return jax.tree.map(jnp.asarray, masks)

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
 
-from prospr_jax.sparsity_report import SparsityReport
+from prospr_jax import files
+from prospr_jax.sparsity import SparsityReport
 
 
-def _pyplot():
+def pyplot():
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   return plt
 
 
+def _save(fig, path: str | os.PathLike[str]) -> None:
+  """PNG bytes, written atomically (a kill never leaves half an image)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=120, format='png')
+  pyplot().close(fig)
+  files.write_bytes(path, buffer.getvalue())
+
+
 def plot_layer_density(report: SparsityReport, path: str | os.PathLike[str], title: str = '') -> None:
   """One bar per masked layer, in forward order of the tree: the fraction of weights kept."""
-  plt = _pyplot()
+  plt = pyplot()
   names = [layer.name.replace('/kernel', '') for layer in report.layers]
   fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names) + 2), 4))
   ax.bar(range(len(names)), [100 * layer.density for layer in report.layers], color='tab:blue')
@@ -28,13 +38,12 @@ def plot_layer_density(report: SparsityReport, path: str | os.PathLike[str], tit
   ax.set_title(title or 'Per-layer density of the mask')
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = '') -> None:
   """Train loss and eval top-1 per epoch from metric rows (one dict per epoch)."""
-  plt = _pyplot()
+  plt = pyplot()
   epochs = [row['epoch'] for row in rows]
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
   left.plot(epochs, [row['train_loss'] for row in rows], label='train')
@@ -45,5 +54,4 @@ def plot_learning_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike
   right.set_xlabel('epoch'), right.set_ylabel('accuracy (%)'), right.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)

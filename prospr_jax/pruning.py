@@ -1,32 +1,41 @@
-"""The pruning step of an experiment: score with the configured criterion, threshold, write artifacts."""
+"""The pruning step of an experiment: score with the configured criterion, threshold, write artifacts.
+
+The harness knows no criterion by name: the registry entry (``criteria/registry.py``)
+says which ``config.prune`` keys it takes, whether it prunes in rounds, reads
+data, a seed or the model's ``apply_fn``, and which setting divides its logits.
+"""
 
 from __future__ import annotations
 
-import logging
-
 import functools
-import json
+import logging
 import pathlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
+from chex import ArrayTree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import prospr_jax
-from prospr_jax import ablations, data, distributions, masks as masks_lib, plots, sharding
-from prospr_jax.sparsity_report import SparsityReport
+from prospr_jax import (
+  ablations,
+  data,
+  distributions,
+  faults,
+  files,
+  losses,
+  masks as masks_lib,
+  plots,
+  seeds,
+  sharding,
+)
+from prospr_jax.criteria import prospr as prospr_lib, registry
+from prospr_jax.sparsity import SparsityReport, sparsity_report
 
-PyTree = Any
 log = logging.getLogger(__name__)
-
-
-DEFAULT_ROUNDS = {'synflow': 100, 'iterative_snip': 60, 'force': 60}
 
 
 def mask_fn(config: ml_collections.ConfigDict):
@@ -35,28 +44,26 @@ def mask_fn(config: ml_collections.ConfigDict):
                            keep_one_per_layer=config.prune.keep_one_per_layer)
 
 
-def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: PyTree = None) -> dict[str, Any]:
-  """The keyword arguments of ``config.criterion``, from ``config.prune`` (and the model, for SynFlow)."""
-  name = config.criterion
-  kwargs: dict[str, Any] = {'structured': config.prune.structured}
-  if name == 'prospr':
-    kwargs.update(inner_lr=config.prune.inner_lr, inner_momentum=config.prune.inner_momentum,
-                  first_order=config.prune.first_order)
-  elif name == 'random':
-    kwargs.update(rng=config.seed)
-  if name in prospr_jax.ITERATIVE:
-    kwargs.update(sparsity=config.prune.sparsity, rounds=config.prune.rounds or DEFAULT_ROUNDS[name],
-                  mask_fn=mask_fn(config), invert=config.ablation == 'invert')
-  if name == 'synflow' and model is not None:
-    kwargs.update(apply_fn=prospr_jax.flax_apply_fn(model, variables, absolute_state=True))
+def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: ArrayTree = None) -> dict[str, Any]:
+  """The keyword arguments of ``config.criterion``, read off its registry entry (and the model, for SynFlow)."""
+  criterion = registry.get_criterion(config.criterion)
+  kwargs: dict[str, Any] = {'structured': config.prune.structured, 'invert': config.ablation == 'invert'}
+  kwargs.update({key: config.prune[key] for key in criterion.settings})
+  if criterion.seeded:
+    kwargs['rng'] = seeds.random_criterion(config.seed)
+  if criterion.prunes_in_rounds:
+    kwargs.update(sparsity=config.prune.sparsity, rounds=config.prune.rounds or criterion.default_rounds,
+                  mask_fn=mask_fn(config))
+  if criterion.needs_apply_fn and model is not None:
+    kwargs['apply_fn'] = losses.flax_apply_fn(model, variables, absolute_state=True)
   return kwargs
 
 
-def loss_fn_for(config: ml_collections.ConfigDict, model, variables: PyTree):
-  """Train-mode cross-entropy; GraSP's with its logit temperature."""
-  temperature = config.prune.grasp_temperature if config.criterion.startswith('grasp') else 1.0
-  return prospr_jax.flax_loss_fn(model, variables, temperature=temperature,
-                                 rngs={'dropout': jax.random.key(config.seed)})
+def loss_fn_for(config: ml_collections.ConfigDict, model, variables: ArrayTree):
+  """Train-mode cross-entropy, divided by the criterion's temperature setting if it has one (GraSP)."""
+  setting = registry.get_criterion(config.criterion).temperature_setting
+  return losses.flax_loss_fn(model, variables, temperature=config.prune[setting] if setting else 1.0,
+                             rngs={'dropout': seeds.prune_dropout(config.seed)})
 
 
 def _global_batches(loader_iterator: Iterator[dict], mesh: Mesh) -> Iterator[dict]:
@@ -69,34 +76,38 @@ def _stacked_global_batches(loader_iterator: Iterator[dict], count: int, mesh: M
   local = [next(loader_iterator) for _ in range(count)]
   spec = NamedSharding(mesh, PartitionSpec(None, 'data'))
   stacked = {key: np.stack([batch[key] for batch in local]) for key in ('image', 'label')}
+  if not np.isfinite(stacked['image']).all():  # before any criterion blames its own settings
+    raise ValueError(f'the pruning batches of {count} x {stacked["image"].shape[1]} images hold NaN or Inf: '
+                     'check the dataset and its normalisation')
   return {key: jax.make_array_from_process_local_data(spec, value) for key, value in stacked.items()}
 
 
-def compute_scores(config: ml_collections.ConfigDict, model, variables: PyTree, info: data.DatasetInfo,
-                   source, mesh: Mesh) -> PyTree:
+def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo,
+                   source, mesh: Mesh) -> ArrayTree:
   """Scores of ``config.criterion`` on M + 1 training batches (a stream for streamed first-order ProsPr)."""
-  criterion = prospr_jax.get_criterion(config.criterion)
+  criterion = registry.get_criterion(config.criterion)
   loss_fn = loss_fn_for(config, model, variables)
-  loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size, seed=config.seed + 1,
-                             worker_count=config.worker_count)
+  loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size,
+                             seed=seeds.prune_data(config.seed), worker_count=config.worker_count)
   batches = iter(loader)
   params = sharding.replicate(variables['params'], mesh)
-  if config.prune.streamed:
-    if config.criterion != 'prospr' or not config.prune.first_order:
-      raise ValueError('config.prune.streamed needs criterion "prospr" with prune.first_order=True')
-    return prospr_jax.prospr_saliency_streamed(
+  if config.prune.streamed:  # validate_config allows it only for first-order ProsPr
+    scores = prospr_lib.prospr_saliency_streamed(
         params, _global_batches(batches, mesh), loss_fn=loss_fn, num_steps=config.prune.num_steps,
         inner_lr=config.prune.inner_lr, inner_momentum=config.prune.inner_momentum,
         structured=config.prune.structured, log_every=max(1, config.prune.num_steps // 10))
-  stacked = _stacked_global_batches(batches, config.prune.num_steps + 1, mesh)
-  scores = criterion(params, stacked, loss_fn=loss_fn, **criterion_kwargs(config, model, variables))
-  if config.ablation == 'invert' and config.criterion not in prospr_jax.ITERATIVE:
-    scores = ablations.invert_scores(scores)  # iterative criteria invert inside every round
-  return scores
+    return ablations.invert_scores(scores) if config.ablation == 'invert' else scores
+  # Data-free criteria read one batch, for the input shape and the output layer.
+  count = config.prune.num_steps + 1 if criterion.needs_data else 1
+  stacked = _stacked_global_batches(batches, count, mesh)
+  kwargs = criterion_kwargs(config, model, variables)
+  if criterion.batches_per_round:  # round r >= 1 reads the next ``count`` batches of the same stream
+    kwargs['round_batches'] = lambda r: _stacked_global_batches(batches, count, mesh)
+  return criterion(params, stacked, loss_fn=loss_fn, **kwargs)
 
 
-def prune(config: ml_collections.ConfigDict, model, variables: PyTree, info: data.DatasetInfo, source, mesh: Mesh,
-          workdir: pathlib.Path) -> PyTree:
+def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo, source,
+          mesh: Mesh, workdir: pathlib.Path) -> ArrayTree:
   """Score, threshold under ``config.distribution``, apply a mask ablation, write the mask and its report.
 
   Writes ``mask.npz``, ``scores.npz``, the sparsity report (JSON, text), a density plot and ``pruning.json``.
@@ -107,19 +118,20 @@ def prune(config: ml_collections.ConfigDict, model, variables: PyTree, info: dat
            config.ablation, config.prune.num_steps + 1, config.prune.batch_size)
   # Scores of the global batch are replicated: every process thresholds the same values on its own.
   scores = sharding.host_value(compute_scores(config, model, variables, info, source, mesh))
+  faults.point('scoring')
   masks = mask_fn(config)(scores, config.prune.sparsity)
   if config.ablation == 'shuffle':
-    masks = ablations.shuffle_within_layers(masks, config.seed + 3)
+    masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(config.seed))
   sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
   seconds = time.perf_counter() - start
-  report = prospr_jax.sparsity_report(masks, variables['params'])
+  report = sparsity_report(masks, variables['params'])
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
   if jax.process_index() == 0:
     write_mask_artifacts(workdir, masks, report, config, seconds, scores)
   return masks
 
 
-def mask_checksum(masks: PyTree) -> np.ndarray:
+def mask_checksum(masks: ArrayTree) -> np.ndarray:
   """Per layer: the kept count and a position-weighted sum of the kept entries (int64)."""
   rows = []
   for _, m in masks_lib.named_leaves(masks):
@@ -129,25 +141,19 @@ def mask_checksum(masks: PyTree) -> np.ndarray:
   return np.asarray(rows, np.int64)
 
 
-def write_mask_artifacts(workdir: pathlib.Path, masks: PyTree, report: SparsityReport,
-                         config: ml_collections.ConfigDict, seconds: float, scores: PyTree) -> None:
-  np.savez(workdir / 'mask.npz', **{name: np.asarray(m) for name, m in masks_lib.named_leaves(masks)})
-  np.savez(workdir / 'scores.npz', **{name: np.asarray(s) for name, s in masks_lib.named_leaves(scores)})
+def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: SparsityReport,
+                         config: ml_collections.ConfigDict, seconds: float, scores: ArrayTree) -> None:
+  """The pruning step's files; ``mask.npz`` last, so a workdir holding it holds all of them."""
+  masks_lib.save_masks(workdir / 'scores.npz', scores)
   choice = {'criterion': config.criterion, 'distribution': config.distribution, 'ablation': config.ablation,
             'sparsity': config.prune.sparsity, 'structured': config.prune.structured}
-  (workdir / 'sparsity_report.json').write_text(json.dumps({**choice, **report.to_dict()}, indent=2))
+  report.save_json(workdir / 'sparsity_report.json', **choice)
   header = ', '.join(f'{key} {value}' for key, value in choice.items())
-  (workdir / 'sparsity_report.txt').write_text(f'{header}\n{report}\n')
+  files.write_text(workdir / 'sparsity_report.txt', f'{header}\n{report}\n')
   plots.plot_layer_density(report, workdir / 'layer_density.png',
                            title=f'{config.model} / {config.dataset}: {config.criterion} at sparsity '
                                  f'{config.prune.sparsity:.1%}')
-  (workdir / 'pruning.json').write_text(json.dumps(
-      {**choice, 'prune': config.prune.to_dict(), 'seconds': seconds,
-       'density': report.density}, indent=2))
-
-
-def load_mask(path: str | pathlib.Path, params: PyTree) -> PyTree:
-  """A mask written by ``prune`` (``mask.npz``: layer name -> array), as a tree mirroring ``params``."""
-  with epath.Path(path).open('rb') as f, np.load(f) as saved:
-    masks = masks_lib.masks_from_mapping({name: saved[name].astype(bool) for name in saved.files}, params)
-  return jax.tree.map(jnp.asarray, masks)
+  files.write_json(workdir / 'pruning.json',
+                   {**choice, 'prune': config.prune.to_dict(), 'seconds': seconds, 'density': report.density})
+  faults.point('pruning_files')
+  masks_lib.save_masks(workdir / 'mask.npz', masks)

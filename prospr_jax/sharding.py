@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import numpy as np
+from chex import ArrayTree
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-PyTree = Any
 
 
 def make_mesh() -> Mesh:
@@ -30,22 +27,30 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec('data'))
 
 
-def check_global_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """The per-process batch size; refuse a global batch that devices or processes cannot split evenly."""
-  devices, processes = mesh.devices.size, jax.process_count()
-  if global_batch_size % devices:
-    raise ValueError(f'global batch size {global_batch_size} is not divisible by the {devices} devices: '
-                     f'use a multiple of {devices}')
+def local_batch_size(global_batch_size: int, *, devices: int | None = None, processes: int | None = None) -> int:
+  """This process's share of a global batch; refuse one that the devices (and so the processes) cannot split.
+
+  ``devices`` and ``processes`` default to this run's; the one check of batch
+  divisibility, used by the config check, the pipelines and the sampler.
+  """
+  devices = jax.device_count() if devices is None else devices
+  processes = jax.process_count() if processes is None else processes
+  if global_batch_size <= 0:
+    raise ValueError(f'a batch size must be positive, got {global_batch_size}')
+  for parts, what in ((devices, 'devices'), (processes, 'processes')):
+    if global_batch_size % parts:
+      raise ValueError(f'global batch size {global_batch_size} is not divisible by {parts} {what}: '
+                       f'use a multiple of {parts}')
   return global_batch_size // processes
 
 
-def global_batch(local_batch: PyTree, mesh: Mesh) -> PyTree:
+def global_batch(local_batch: ArrayTree, mesh: Mesh) -> ArrayTree:
   """Assemble each process's share of a batch into global arrays split over the 'data' axis."""
   sharding = data_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
-def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+def replicate(tree: ArrayTree, mesh: Mesh) -> ArrayTree:
   """Copy a tree that every process holds in full onto every device of the mesh.
 
   Built from host values: ``device_put`` cannot move an array committed to one
@@ -60,7 +65,7 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   return jax.tree.map(put, tree)
 
 
-def host_value(tree: PyTree) -> PyTree:
+def host_value(tree: ArrayTree) -> ArrayTree:
   """Numpy values of (replicated or local) arrays, on every process.
 
   A replicated global array of a multi-process run is not fully addressable, but

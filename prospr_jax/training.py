@@ -8,26 +8,24 @@ checkpoint and export, whatever momentum and weight decay do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.losses import softmax_cross_entropy
 
-PyTree = Any
-
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
-  params: PyTree
-  batch_stats: PyTree
+  params: ArrayTree
+  batch_stats: ArrayTree
   opt_state: optax.OptState
-  mask: PyTree  # mirrors params; None on unmasked leaves
+  mask: ArrayTree  # mirrors params; None on unmasked leaves
   rng: jax.Array  # dropout, folded with the step
 
 
@@ -41,19 +39,14 @@ def make_optimizer(*, learning_rate, momentum: float, weight_decay: float) -> op
   return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum or None))
 
 
-def all_ones_mask(params: PyTree) -> PyTree:
-  """The dense network's mask: every prunable leaf kept."""
-  return jax.tree.map(lambda m: jnp.ones(m.shape, bool), masks_lib.ones_mask(params))
-
-
-def create_train_state(variables: PyTree, mask: PyTree, optimizer: optax.GradientTransformation,
+def create_train_state(variables: ArrayTree, mask: ArrayTree, optimizer: optax.GradientTransformation,
                        rng: jax.Array) -> TrainState:
   params = masks_lib.apply_mask(variables['params'], mask)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get('batch_stats', {}),
                     opt_state=optimizer.init(params), mask=mask, rng=rng)
 
 
-def _apply(model: nn.Module, state: TrainState, params: PyTree, images: jax.Array, train: bool):
+def _apply(model: nn.Module, state: TrainState, params: ArrayTree, images: jax.Array, train: bool):
   variables = {'params': masks_lib.apply_mask(params, state.mask), 'batch_stats': state.batch_stats}
   if not train:
     return model.apply(variables, images, train=False), state.batch_stats

@@ -101,9 +101,7 @@ def test_unknown_criterion_lists_the_valid_names():
     prospr_jax.get_criterion('obd')
 
 
-def test_unknown_distribution_and_ablation_list_the_valid_names():
-  from prospr_jax import ablations, distributions
+def test_unknown_distribution_lists_the_valid_names():
+  from prospr_jax import distributions
   with pytest.raises(ValueError, match='unknown distribution .erdos.; valid names: erk, global, uniform'):
     distributions.make_mask({'w': jnp.ones((2, 2))}, 0.5, 'erdos')
-  with pytest.raises(ValueError, match='unknown ablation .flip.; valid names: invert, none, reinit, shuffle'):
-    ablations.get_ablation('flip')

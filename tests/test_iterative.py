@@ -58,3 +58,20 @@ def test_one_round_of_iterative_snip_is_snip():
   snip = prospr_jax.get_criterion('snip_mb')(params, batches, loss_fn=loss_fn)
   jax.tree.map(np.testing.assert_array_equal, prospr_jax.global_topk_mask(one_round, 0.7),
                prospr_jax.global_topk_mask(snip, 0.7))
+
+
+@pytest.mark.parametrize('criterion', [prospr_jax.iterative_snip_saliency, prospr_jax.force_saliency])
+def test_round_r_scores_the_batches_of_round_batches_r(criterion):
+  """As the authors' code draws them: round 0 scores ``batches``, round r >= 1 ``round_batches(r)``."""
+  params, batches, loss_fn = mlp_problem()
+  other = jax.tree.map(lambda x: x[::-1] * (1.5 if x.dtype.kind == 'f' else 1), batches)
+  asked = []
+
+  def round_batches(r):
+    asked.append(r)
+    return other
+
+  fresh = criterion(params, batches, loss_fn=loss_fn, sparsity=0.9, rounds=4, round_batches=round_batches)
+  same = criterion(params, batches, loss_fn=loss_fn, sparsity=0.9, rounds=4)
+  assert asked == [1, 2, 3]
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(same)))

@@ -193,5 +193,5 @@ def test_a_global_batch_the_devices_cannot_split_is_refused_before_any_compute(t
   ((_, err),) = [p.communicate(timeout=120) for p in start(
       'prune.py', ['--config=configs/default.py', '--config.batch_size=66', f'--workdir={tmp_path}'],
       processes=1, devices=4)]
-  assert 'config.batch_size=66 is not divisible by the 4 devices' in err
+  assert 'config.batch_size=66: global batch size 66 is not divisible by 4 devices' in err
   assert not (tmp_path / 'mask.npz').exists()

@@ -10,28 +10,26 @@ build the loss with ``flax_loss_fn(..., temperature=200)``.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.criteria import scores as scores_lib
-
-PyTree = Any
+from prospr_jax.criteria import model_inputs, scores as scores_lib
 
 
-def _split(params: PyTree, mask: PyTree) -> tuple[PyTree, PyTree]:
+def _split(params: ArrayTree, mask: ArrayTree) -> tuple[ArrayTree, ArrayTree]:
   weights = jax.tree.map(lambda m, p: None if m is None else p, mask, params, is_leaf=masks_lib.is_none)
   return weights, mask
 
 
-def _merge(params: PyTree, mask: PyTree, weights: PyTree) -> PyTree:
+def _merge(params: ArrayTree, mask: ArrayTree, weights: ArrayTree) -> ArrayTree:
   return jax.tree.map(lambda m, p, w: p if m is None else w, mask, params, weights, is_leaf=masks_lib.is_none)
 
 
 @functools.partial(jax.jit, static_argnames=('loss_fn',))
-def hessian_gradient_product(params: PyTree, batches: PyTree, mask: PyTree, *, loss_fn) -> tuple[PyTree, PyTree]:
+def hessian_gradient_product(params: ArrayTree, batches: ArrayTree, mask: ArrayTree, *, loss_fn) -> tuple[ArrayTree, ArrayTree]:
   """``(g, H g)`` over the masked (prunable) weights, averaged over the batches; never a full Hessian.
 
   ``H g = grad_w <grad_w L(w), stop_gradient(g)>`` (reverse over reverse): unlike
@@ -49,14 +47,15 @@ def hessian_gradient_product(params: PyTree, batches: PyTree, mask: PyTree, *, l
   return g, mean(jax.vmap(hvp)(batches))
 
 
+@model_inputs.accepts_models()
 def grasp_saliency(
-    params: PyTree,
-    batches: PyTree,
+    params: ArrayTree,
+    batches: ArrayTree,
     *,
     loss_fn: scores_lib.LossFn,
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
-) -> PyTree:
+) -> ArrayTree:
   """GraSP scores ``theta * H g / |sum(theta * H g)|``, signed; keep the highest (= remove the highest ``S``).
 
   Several batches along the leading axis average ``g`` and ``H g`` (GraSP-MB).

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
+from prospr_jax.criteria import scores as scores_lib
 
-PyTree = Any
-MaskFn = Callable[[PyTree, float], PyTree]
+MaskFn = Callable[[ArrayTree, float], ArrayTree]
 
 
 def exponential_schedule(sparsity: float, rounds: int) -> list[float]:
@@ -31,10 +31,10 @@ def exponential_schedule(sparsity: float, rounds: int) -> list[float]:
 
 
 @functools.partial(jax.jit, static_argnames=('invert', 'monotone'))
-def _round_scores(scores: PyTree, keep: PyTree, *, invert: bool, monotone: bool) -> PyTree:
+def _round_scores(scores: ArrayTree, keep: ArrayTree, *, invert: bool, monotone: bool) -> ArrayTree:
   """Negate for the invert ablation; with ``monotone``, put pruned entries below every kept one."""
   if invert:
-    scores = jax.tree.map(jnp.negative, scores)
+    scores = scores_lib.invert_scores(scores)
   if monotone:
     floor = jnp.min(jnp.stack([jnp.min(s) for s in jax.tree.leaves(scores)])) - 1.0
     scores = jax.tree.map(lambda s, k: jnp.where(k, s, floor), scores, keep)
@@ -42,12 +42,12 @@ def _round_scores(scores: PyTree, keep: PyTree, *, invert: bool, monotone: bool)
 
 
 @jax.jit
-def _record_pruned(pruned_in: PyTree, keep: PyTree, new_keep: PyTree, round_index: jax.Array) -> PyTree:
+def _record_pruned(pruned_in: ArrayTree, keep: ArrayTree, new_keep: ArrayTree, round_index: jax.Array) -> ArrayTree:
   return jax.tree.map(lambda p, k, n: jnp.where(k & ~n, round_index, p), pruned_in, keep, new_keep)
 
 
 @functools.partial(jax.jit, static_argnames=('monotone',))
-def _encode(keep: PyTree, scores: PyTree, pruned_in: PyTree, rounds: jax.Array, *, monotone: bool) -> PyTree:
+def _encode(keep: ArrayTree, scores: ArrayTree, pruned_in: ArrayTree, rounds: jax.Array, *, monotone: bool) -> ArrayTree:
   """Kept entries in [1, 2] by last-round score; pruned ones in [0, 1) (by round when monotone)."""
   top = jnp.maximum(jnp.max(jnp.stack([jnp.max(jnp.abs(s)) for s in jax.tree.leaves(scores)])), 1e-30)
   final = jax.tree.map(lambda s: s / top, scores)
@@ -58,8 +58,8 @@ def _encode(keep: PyTree, scores: PyTree, pruned_in: PyTree, rounds: jax.Array, 
   return jax.tree.map(lambda k, f, b: jnp.where(k, 1.5 + 0.5 * f, b), keep, final, below)
 
 
-def prune_iteratively(score_fn: Callable[[PyTree], PyTree], template: PyTree, *, sparsity: float, rounds: int,
-                      mask_fn: MaskFn, monotone: bool, invert: bool = False) -> PyTree:
+def prune_iteratively(score_fn: Callable[[ArrayTree], ArrayTree], template: ArrayTree, *, sparsity: float, rounds: int,
+                      mask_fn: MaskFn, monotone: bool, invert: bool = False) -> ArrayTree:
   """Run the schedule: ``score_fn(c)`` scores every entry with the network masked by ``c`` (floats).
 
   ``monotone``: a pruned entry stays pruned (its score is forced below every

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.criteria import scores as scores_lib
-
-PyTree = Any
+from prospr_jax.criteria import model_inputs, scores as scores_lib
 
 
+@model_inputs.accepts_models(needs=None)
 def magnitude_saliency(
-    params: PyTree,
-    batches: PyTree | None = None,
+    params: ArrayTree,
+    batches: ArrayTree | None = None,
     *,
     loss_fn: scores_lib.LossFn | None = None,
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
-) -> PyTree:
+) -> ArrayTree:
   """Scores ``|w| / sum |w|``; per output channel the channel's L1 norm. Data-free.
 
   ``batches`` and ``loss_fn`` are accepted for a uniform signature; structured

@@ -8,21 +8,19 @@ parameters included, takes the inner steps; only prunable kernels carry ``c``.
 
 from __future__ import annotations
 
-import logging
-
 import functools
+import logging
 from collections.abc import Iterable
-from typing import Any
 
 import jax
 import jax.extend.core as jex
 import jax.numpy as jnp
 import optax
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.criteria import scores as scores_lib
+from prospr_jax.criteria import model_inputs, scores as scores_lib
 
-PyTree = Any
 log = logging.getLogger(__name__)
 LossFn = scores_lib.LossFn
 
@@ -63,9 +61,10 @@ def _meta_gradient(params, batches, mask, *, loss_fn, optimizer, first_order, ch
   return jax.grad(meta_loss)(mask)
 
 
+@model_inputs.accepts_models()
 def prospr_meta_gradient(
-    params: PyTree,
-    batches: PyTree,
+    params: ArrayTree,
+    batches: ArrayTree,
     *,
     loss_fn: LossFn,
     inner_lr: float = 0.1,
@@ -75,7 +74,7 @@ def prospr_meta_gradient(
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
     checkpoint_steps: bool = True,
-) -> PyTree:
+) -> ArrayTree:
   """The signed meta-gradient ``dL(w_M, D_M) / dc`` at ``c = 1`` (paper eqs. 6-10).
 
   Exact mode differentiates through a ``lax.scan`` of the M inner steps (its
@@ -93,9 +92,10 @@ def prospr_meta_gradient(
                         first_order=first_order, checkpoint_steps=checkpoint_steps)
 
 
+@model_inputs.accepts_models()
 def prospr_saliency(
-    params: PyTree,
-    batches: PyTree,
+    params: ArrayTree,
+    batches: ArrayTree,
     *,
     loss_fn: LossFn,
     inner_lr: float = 0.1,
@@ -105,7 +105,7 @@ def prospr_saliency(
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
     checkpoint_steps: bool = True,
-) -> PyTree:
+) -> ArrayTree:
   """ProsPr scores ``|g| / sum |g|`` with ``g`` the meta-gradient (paper eq. 11); mirrors ``params``.
 
   ``batches`` is a pytree whose leaves have a leading axis of M + 1: step k
@@ -121,7 +121,7 @@ def prospr_saliency(
   return scores_lib.normalized_scores(gradient, _DIVERGED.format(lr=inner_lr))
 
 
-def _updates_use_params(optimizer: optax.GradientTransformation, params: PyTree) -> bool:
+def _updates_use_params(optimizer: optax.GradientTransformation, params: ArrayTree) -> bool:
   """Whether ``optimizer.update`` reads the params (e.g. weight decay), making ``dw_M/dw_0 != I``."""
   def updates(p):
     grads = jax.tree.map(jnp.zeros_like, p)
@@ -139,9 +139,10 @@ def _train_step(params, opt_state, batch, *, loss_fn, optimizer):
   return params, opt_state, loss
 
 
+@model_inputs.accepts_models()
 def prospr_saliency_streamed(
-    params: PyTree,
-    batches: Iterable[PyTree],
+    params: ArrayTree,
+    batches: Iterable[ArrayTree],
     *,
     loss_fn: LossFn,
     num_steps: int | None = None,
@@ -151,7 +152,7 @@ def prospr_saliency_streamed(
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
     log_every: int = 100,
-) -> PyTree:
+) -> ArrayTree:
   """First-order ProsPr over an iterator of batches, one batch in memory at a time (paper eq. 17).
 
   Trains ``num_steps`` jitted steps on the first batches, then scores

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.criteria import scores as scores_lib
-
-PyTree = Any
+from prospr_jax.criteria import model_inputs, scores as scores_lib
 
 
+@model_inputs.accepts_models(needs=None)
 def random_saliency(
-    params: PyTree,
-    batches: PyTree | None = None,
+    params: ArrayTree,
+    batches: ArrayTree | None = None,
     *,
     loss_fn: scores_lib.LossFn | None = None,
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
     rng: jax.Array | int = 0,
-) -> PyTree:
+) -> ArrayTree:
   """Independent uniform scores, normalised to sum 1; reproducible from ``rng`` (a key or a seed)."""
   first_batch = None if batches is None else scores_lib.batch_at(batches, 0)
   mask = scores_lib.mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)

@@ -1,13 +1,24 @@
-"""Criteria by name, so a config can say ``criterion = 'prospr'``."""
+"""Criteria by name, so a config can say ``criterion = 'prospr'``; each entry carries its own settings.
+
+A ``Criterion`` record says what the harness needs to call a saliency function
+without knowing it by name: which ``config.prune`` keys it takes, whether it
+prunes in rounds (and how many by default: read off the function's signature),
+which setting divides the logits, whether it reads data and a seed. Adding a
+criterion is one file and one line here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import jax
+from chex import ArrayTree
 
+from prospr_jax.criteria import scores as scores_lib
 from prospr_jax.criteria.force import force_saliency, iterative_snip_saliency
 from prospr_jax.criteria.grasp import grasp_saliency
 from prospr_jax.criteria.magnitude import magnitude_saliency
@@ -16,10 +27,10 @@ from prospr_jax.criteria.random import random_saliency
 from prospr_jax.criteria.snip import snip_saliency
 from prospr_jax.criteria.synflow import synflow_saliency
 
-Criterion = Callable[..., Any]
+SaliencyFn = Callable[..., ArrayTree]
 
 
-def first_batch_only(criterion: Criterion) -> Criterion:
+def first_batch_only(criterion: SaliencyFn) -> SaliencyFn:
   """The single-batch form of a multi-batch criterion: it sees ``batches[:1]``."""
   @functools.wraps(criterion)
   def wrapped(params, batches, **kwargs):
@@ -27,24 +38,62 @@ def first_batch_only(criterion: Criterion) -> Criterion:
   return wrapped
 
 
+@dataclasses.dataclass(frozen=True)
+class Criterion:
+  """A saliency function and what calling it from a config takes.
+
+  ``settings``: the ``config.prune`` keys passed through as keywords of the same
+  name. ``temperature_setting``: the ``config.prune`` key that divides the
+  logits of its loss (GraSP's 200), if any. ``needs_data``: False for data-free
+  criteria (one batch is read for its shapes). ``seeded``: takes ``rng=``.
+  ``needs_apply_fn``: takes the model's eval-mode ``apply_fn`` (SynFlow).
+  ``batches_per_round``: takes ``round_batches(r)``, fresh batches for every round
+  (FORCE and Iter SNIP, as the authors' code draws them).
+  """
+  fn: SaliencyFn
+  settings: tuple[str, ...] = ()
+  temperature_setting: str | None = None
+  needs_data: bool = True
+  seeded: bool = False
+  needs_apply_fn: bool = False
+  batches_per_round: bool = False
+
+  @property
+  def default_rounds(self) -> int | None:
+    """Rounds of an iterative criterion (its function's default), ``None`` for one-shot criteria."""
+    parameter = inspect.signature(self.fn).parameters.get('rounds')
+    return None if parameter is None else parameter.default
+
+  @property
+  def prunes_in_rounds(self) -> bool:
+    """Iterative criteria take ``sparsity``, ``rounds``, ``mask_fn`` and ``invert`` and rank by the result."""
+    return self.default_rounds is not None
+
+  def __call__(self, params: ArrayTree, batches: ArrayTree, *, invert: bool = False, **kwargs: Any) -> ArrayTree:
+    """Scores, higher = keep; ``invert`` ranks the other way (every round for iterative criteria)."""
+    if self.prunes_in_rounds:
+      return self.fn(params, batches, invert=invert, **kwargs)
+    scores = self.fn(params, batches, **kwargs)
+    return scores_lib.invert_scores(scores) if invert else scores
+
+
 CRITERIA: dict[str, Criterion] = {
-    'prospr': prospr_saliency,
-    'snip': first_batch_only(snip_saliency),
-    'snip_mb': snip_saliency,
-    'grasp': first_batch_only(grasp_saliency),
-    'grasp_mb': grasp_saliency,
-    'synflow': synflow_saliency,
-    'iterative_snip': iterative_snip_saliency,
-    'force': force_saliency,
-    'magnitude': magnitude_saliency,
-    'random': random_saliency,
+    'prospr': Criterion(prospr_saliency, settings=('inner_lr', 'inner_momentum', 'first_order')),
+    'snip': Criterion(first_batch_only(snip_saliency)),
+    'snip_mb': Criterion(snip_saliency),
+    'grasp': Criterion(first_batch_only(grasp_saliency), temperature_setting='grasp_temperature'),
+    'grasp_mb': Criterion(grasp_saliency, temperature_setting='grasp_temperature'),
+    'synflow': Criterion(synflow_saliency, needs_data=False, needs_apply_fn=True),
+    'iterative_snip': Criterion(iterative_snip_saliency, batches_per_round=True),
+    'force': Criterion(force_saliency, batches_per_round=True),
+    'magnitude': Criterion(magnitude_saliency, needs_data=False),
+    'random': Criterion(random_saliency, needs_data=False, seeded=True),
 }
-# These take `sparsity`, `rounds`, `mask_fn` and `invert`: they prune in rounds and rank by the result.
-ITERATIVE = frozenset({'synflow', 'iterative_snip', 'force'})
+ITERATIVE = frozenset(name for name, criterion in CRITERIA.items() if criterion.prunes_in_rounds)
 
 
 def get_criterion(name: str) -> Criterion:
-  """The saliency function registered as ``name``; an unknown name lists the valid ones."""
+  """The criterion registered as ``name`` (callable like its saliency function); an unknown name lists the valid ones."""
   try:
     return CRITERIA[name]
   except KeyError:

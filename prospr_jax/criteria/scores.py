@@ -7,15 +7,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.criteria import structured as structured_lib
 
-PyTree = Any
-LossFn = Callable[[PyTree, Any], jax.Array]
+LossFn = Callable[[ArrayTree, Any], jax.Array]
 
 
-def num_batches(batches: PyTree) -> int:
+def num_batches(batches: ArrayTree) -> int:
   """The common leading size of every leaf of ``batches`` (M + 1 for ProsPr)."""
   leaves = jax.tree_util.tree_leaves_with_path(batches)
   if not leaves:
@@ -38,11 +38,11 @@ def num_batches(batches: PyTree) -> int:
   return size
 
 
-def batch_at(batches: PyTree, index: int) -> PyTree:
+def batch_at(batches: ArrayTree, index: int) -> ArrayTree:
   return jax.tree.map(lambda x: x[index], batches)
 
 
-def check_loss_fn(loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
+def check_loss_fn(loss_fn: LossFn, params: ArrayTree, batch: ArrayTree) -> None:
   """Trace ``loss_fn(params, batch)`` once: it must run and return a scalar."""
   try:
     out = jax.eval_shape(loss_fn, params, batch)
@@ -55,8 +55,8 @@ def check_loss_fn(loss_fn: LossFn, params: PyTree, batch: PyTree) -> None:
     raise ValueError(f'loss_fn(params, batch) must return a scalar loss, got {shape}: average over the batch')
 
 
-def mask_variables(params: PyTree, batch: PyTree, *, loss_fn: LossFn | None, structured: bool,
-                   prunable: masks_lib.Prunable | None) -> PyTree:
+def mask_variables(params: ArrayTree, batch: ArrayTree, *, loss_fn: LossFn | None, structured: bool,
+                   prunable: masks_lib.Prunable | None) -> ArrayTree:
   """The all-ones mask ``c`` a criterion differentiates; structured mode leaves the classifier out."""
   if structured and prunable is None:
     if loss_fn is None:
@@ -66,8 +66,8 @@ def mask_variables(params: PyTree, batch: PyTree, *, loss_fn: LossFn | None, str
   return masks_lib.ones_mask(params, prunable=prunable, structured=structured)
 
 
-def data_mask_variables(params: PyTree, batches: PyTree, *, loss_fn: LossFn, structured: bool,
-                        prunable: masks_lib.Prunable | None) -> PyTree:
+def data_mask_variables(params: ArrayTree, batches: ArrayTree, *, loss_fn: LossFn, structured: bool,
+                        prunable: masks_lib.Prunable | None) -> ArrayTree:
   """Check ``batches`` (leading axis) and ``loss_fn`` (a scalar on ``batches[0]``), then build ``c``."""
   num_batches(batches)
   first_batch = batch_at(batches, 0)
@@ -75,11 +75,16 @@ def data_mask_variables(params: PyTree, batches: PyTree, *, loss_fn: LossFn, str
   return mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)
 
 
-def is_concrete(tree: PyTree) -> bool:
+def invert_scores(scores: ArrayTree) -> ArrayTree:
+  """Negated scores: top-k then keeps what the criterion ranks lowest (the invert ablation)."""
+  return jax.tree.map(jnp.negative, scores)
+
+
+def is_concrete(tree: ArrayTree) -> bool:
   return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
-def normalized_scores(gradients: PyTree, hint: str = '') -> PyTree:
+def normalized_scores(gradients: ArrayTree, hint: str = '') -> ArrayTree:
   """``s_j = |g_j| / sum_k |g_k|`` over every masked entry (paper eqs. 1 and 11).
 
   Outside ``jax.jit`` it raises ValueError naming any layer with NaN or Inf.

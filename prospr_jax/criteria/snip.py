@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.criteria import scores as scores_lib
-
-PyTree = Any
+from prospr_jax.criteria import model_inputs, scores as scores_lib
 
 
 @functools.partial(jax.jit, static_argnames=('loss_fn',))
@@ -24,14 +22,15 @@ def snip_gradient(params, batches, mask, *, loss_fn):
   return jax.grad(mean_loss)(mask)
 
 
+@model_inputs.accepts_models()
 def snip_saliency(
-    params: PyTree,
-    batches: PyTree,
+    params: ArrayTree,
+    batches: ArrayTree,
     *,
     loss_fn: scores_lib.LossFn,
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
-) -> PyTree:
+) -> ArrayTree:
   """SNIP scores ``|dL(c * w)/dc| / sum |dL/dc|`` at ``c = 1`` (paper eqs. 1-2).
 
   ``batches`` has a leading axis of batches, like ProsPr's; with several, ``L``

@@ -12,10 +12,9 @@ from typing import Any
 
 import jax
 import jax.extend.core as jex
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-
-PyTree = Any
 
 
 def _sub_jaxpr(eqn: Any) -> Any | None:
@@ -40,7 +39,7 @@ def _first_uses(jaxpr: Any, leaf_of: dict[Any, int], clock: list[int], first: di
         first.setdefault(leaf_of[v], clock[0])
 
 
-def forward_order(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: Any) -> list[int]:
+def forward_order(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree, batch: Any) -> list[int]:
   """Indices of ``jax.tree.leaves(params)`` in the order the loss first uses them (unused last)."""
   leaves, treedef = jax.tree.flatten(params)
   abstract = lambda x: jax.ShapeDtypeStruct(jax.numpy.shape(x), jax.numpy.result_type(x))
@@ -52,7 +51,7 @@ def forward_order(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: 
   return sorted(range(len(leaves)), key=lambda i: first.get(i, float('inf')))
 
 
-def output_layer(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: Any,
+def output_layer(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree, batch: Any,
                  prunable: masks_lib.Prunable | None = None) -> str:
   """Name of the last prunable leaf the forward pass uses: the classifier."""
   prunable = prunable or masks_lib.default_prunable
@@ -65,7 +64,7 @@ def output_layer(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: A
   return masks_lib.layer_name(paths[candidates[-1]])
 
 
-def channel_prunable(loss_fn: Callable[[PyTree, Any], Any], params: PyTree, batch: Any) -> masks_lib.Prunable:
+def channel_prunable(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree, batch: Any) -> masks_lib.Prunable:
   """The default ``prunable`` of structured mode: every kernel (``ndim > 1``) but the output layer."""
   head = output_layer(loss_fn, params, batch)
 

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.criteria import iterative, scores as scores_lib
+from prospr_jax.criteria import iterative, model_inputs, scores as scores_lib
 
-PyTree = Any
-ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
+ApplyFn = Callable[[ArrayTree, jax.Array], jax.Array]
 
 
-def _ones_input(batches: PyTree | None, input_shape: tuple[int, ...] | None, dtype) -> jax.Array:
+def _ones_input(batches: ArrayTree | None, input_shape: tuple[int, ...] | None, dtype) -> jax.Array:
   if input_shape is None:
     if batches is None:
       raise ValueError('synflow needs input_shape, or batches to read one example\'s shape from')
@@ -33,16 +32,17 @@ def _ones_input(batches: PyTree | None, input_shape: tuple[int, ...] | None, dty
 
 
 @functools.partial(jax.jit, static_argnames=('apply_fn',))
-def synaptic_flow(params: PyTree, mask: PyTree, ones: jax.Array, *, apply_fn) -> PyTree:
+def synaptic_flow(params: ArrayTree, mask: ArrayTree, ones: jax.Array, *, apply_fn) -> ArrayTree:
   """``dR/dc`` at ``c = mask``: ``|theta| * dR/dw`` per entry (summed per channel)."""
   absolute = jax.tree.map(jnp.abs, params)
   flow = lambda c: jnp.sum(apply_fn(masks_lib.apply_mask(absolute, c), ones))
   return jax.tree.map(jnp.abs, jax.grad(flow)(mask))
 
 
+@model_inputs.accepts_models(needs='apply_fn')
 def synflow_saliency(
-    params: PyTree,
-    batches: PyTree | None = None,
+    params: ArrayTree,
+    batches: ArrayTree | None = None,
     *,
     apply_fn: ApplyFn,
     sparsity: float,
@@ -53,7 +53,7 @@ def synflow_saliency(
     structured: bool = False,
     prunable: masks_lib.Prunable | None = None,
     loss_fn: scores_lib.LossFn | None = None,
-) -> PyTree:
+) -> ArrayTree:
   """SynFlow scores after ``rounds`` rounds to ``sparsity``; ``apply_fn(params, x) -> outputs`` (eval mode).
 
   Only the shape of ``batches`` is used (data-free). ``loss_fn`` is accepted

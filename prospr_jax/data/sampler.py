@@ -16,6 +16,8 @@ import sys
 import grain
 import numpy as np
 
+from prospr_jax import sharding
+
 
 class GlobalBatchSampler:
   """A grain sampler over global positions, read by a ``DataLoader`` sharded over processes.
@@ -26,10 +28,8 @@ class GlobalBatchSampler:
 
   def __init__(self, num_records: int, global_batch_size: int, num_processes: int, *, seed: int,
                start_step: int = 0):
-    if global_batch_size % num_processes:
-      raise ValueError(f'global batch size {global_batch_size} is not divisible by {num_processes} processes')
     self._num_records, self._global, self._processes = num_records, global_batch_size, num_processes
-    self._local = global_batch_size // num_processes
+    self._local = sharding.local_batch_size(global_batch_size, devices=1, processes=num_processes)
     self._seed, self._offset = seed, start_step * global_batch_size
     self._order = grain.MapDataset.range(num_records).shuffle(seed=seed)
 
@@ -44,6 +44,11 @@ class GlobalBatchSampler:
     i, p = divmod(index, self._processes)
     step, within = divmod(i, self._local)
     return self._offset + step * self._global + p * self._local + within
+
+  def record_keys(self, step: int, process: int) -> np.ndarray:
+    """The record keys of process ``process``'s slice of global batch ``step`` (counted from ``start_step``)."""
+    start = self._offset + step * self._global + process * self._local
+    return np.fromiter((self._order[j] for j in range(start, start + self._local)), np.int64, self._local)
 
   def __getitem__(self, index: int) -> grain.RecordMetadata:
     j = self.global_position(index)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
-
-PyTree = Any
+from prospr_jax import files, masks as masks_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +50,9 @@ class SparsityReport:
         'kept': self.kept, 'total': self.total, 'density': self.density, 'sparsity': 1.0 - self.density,
     }
 
-  def save_json(self, path: str | os.PathLike[str]) -> None:
-    with open(path, 'w') as f:
-      json.dump(self.to_dict(), f, indent=2)
+  def save_json(self, path: str | os.PathLike[str], **extra: Any) -> None:
+    """Write ``{**extra, **self.to_dict()}`` (``extra``: what made the mask), atomically."""
+    files.write_json(path, {**extra, **self.to_dict()})
 
   def __str__(self) -> str:
     width = max([len('layer'), len('total')] + [len(layer.name) for layer in self.layers])
@@ -68,7 +66,7 @@ class SparsityReport:
     return '\n'.join(rows)
 
 
-def sparsity_report(masks: PyTree, params: PyTree | None = None) -> SparsityReport:
+def sparsity_report(masks: ArrayTree, params: ArrayTree | None = None) -> SparsityReport:
   """Count kept weights per masked layer.
 
   With ``params``, a per-channel mask counts the weights of its kept channels

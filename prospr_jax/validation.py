@@ -1,0 +1,50 @@
+"""Refuse a config that cannot work before any data is read or anything compiles; the message names the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import ml_collections
+
+from prospr_jax import ablations, data, distributions, masks as masks_lib, sharding
+from prospr_jax.criteria import registry
+from prospr_jax.models import MODELS, conv as conv_lib
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+def _check_name(config: ml_collections.ConfigDict, field: str, valid: Collection[str]) -> None:
+  if config[field] not in valid:
+    raise ConfigError(f'config.{field}={config[field]!r}: valid names are {", ".join(sorted(valid))}')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Every name known, every count in range, every batch splittable over the devices."""
+  for field, valid in (('dataset', data.DATASETS), ('model', MODELS), ('criterion', registry.CRITERIA),
+                       ('distribution', distributions.DISTRIBUTIONS), ('ablation', ablations.ABLATIONS),
+                       ('conv_impl', conv_lib.CONV_IMPLS)):
+    _check_name(config, field, valid)
+  checks = [
+      (config.num_epochs >= 0, f'config.num_epochs must be >= 0, got {config.num_epochs}'),
+      (config.prune.num_steps >= 0, f'config.prune.num_steps (M) must be >= 0, got {config.prune.num_steps}'),
+      (all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in config.lr_milestones),
+       f'config.lr_milestones must be epochs (ints >= 0), got {config.lr_milestones!r}'),
+      (config.prune.inner_lr > 0, f'config.prune.inner_lr must be positive, got {config.prune.inner_lr}'),
+      (not config.prune.streamed or (config.criterion == 'prospr' and config.prune.first_order),
+       'config.prune.streamed needs config.criterion="prospr" and config.prune.first_order=True'),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(message)
+  try:
+    masks_lib.check_sparsity(config.prune.sparsity)
+  except ValueError as error:
+    raise ConfigError(f'config.prune.{error}') from None
+  for name, value in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size),
+                      ('prune.batch_size', config.prune.batch_size)):
+    try:
+      sharding.local_batch_size(value)
+    except ValueError as error:
+      raise ConfigError(f'config.{name}={value}: {error}') from None
