@@ -2,22 +2,26 @@
 
 Writes metrics.jsonl, learning_curves.png and checkpoints to --workdir and
 resumes from them when rerun.
+
+A failed run ends with one ``error:`` line naming the fix (exit code 2; 1 for a
+full disk; 130 for Ctrl-C); set PROSPR_JAX_TRACEBACK=1 to see the traceback too.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from prospr_jax import entry
+from prospr_jax import entry, flag_parsing
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config file.',
-                                          lock_config=True)
+_CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Experiment config file (relative to the current folder, '
+                                   'else to this script\'s).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (default: workdir/<config name>_train).')
 
 
 def main(argv):
   del argv
-  entry.run(_CONFIG.value, _WORKDIR.value, config_flags.get_config_filename(flags.FLAGS['config']), 'train_and_evaluate')
+  config_filename = config_flags.get_config_filename(flags.FLAGS['config'])
+  entry.run(_CONFIG.value, _WORKDIR.value, config_filename, 'train_and_evaluate')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse_flags)

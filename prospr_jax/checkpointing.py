@@ -5,40 +5,92 @@ any number of processes and devices.
 
 A restarted run finds the latest checkpoint and resumes from it on its own.
 Saves are atomic (orbax writes to a temporary folder and renames), so a run
-killed mid-save resumes from the previous checkpoint.
+killed mid-save resumes from the previous checkpoint. A checkpoint corrupted
+after its save (a full disk, a bad copy) is set aside, with a warning, and the
+run resumes from the newest one that restores.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Any
+import pathlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
 
 import jax
 import orbax.checkpoint as ocp
+from chex import ArrayTree
 
-PyTree = Any
+log = logging.getLogger(__name__)
 
 
 class Checkpointer:
   """Save and restore ``{state, initial_params, meta}`` under ``directory``."""
 
   def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 2):
+    self.directory = pathlib.Path(os.path.abspath(directory))
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    """The saved steps, oldest first."""
+    return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: PyTree, initial_params: PyTree, meta: dict) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        initial_params=ocp.args.StandardSave(initial_params),
-        meta=ocp.args.JsonSave(meta)))
+  def save(self, step: int, state: ArrayTree, initial_params: ArrayTree, meta: dict) -> None:
+    """Start an async save of ``step``; Ctrl-C waits until orbax has taken it over."""
+    with ctrl_c_deferred():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          initial_params=ocp.args.StandardSave(initial_params),
+          meta=ocp.args.JsonSave(meta)))
 
-  def restore(self, state_template: PyTree, initial_params_template: PyTree,
-              step: int | None = None) -> tuple[PyTree, PyTree, dict]:
-    """Restore into the templates' structure and shardings (they may differ from the saving run's)."""
-    step = self.latest_step() if step is None else step
+  def restore(self, state_template: ArrayTree, initial_params_template: ArrayTree,
+              step: int | None = None) -> tuple[ArrayTree, ArrayTree, dict]:
+    """Restore ``step``, or else the newest checkpoint that restores, setting newer corrupt ones aside.
+
+    The templates give the structure and shardings (they may differ from the saving run's). Only a fallback
+    proves a newer checkpoint corrupt; when none restores (it may be a config change) nothing is moved.
+    """
+    if step is not None:
+      return self._restore_step(step, state_template, initial_params_template)
+    if not self.steps():
+      raise FileNotFoundError(f'No checkpoint in {self.directory} to restore')
+    failures: dict[int, Exception] = {}
+    for candidate in reversed(self.steps()):
+      try:
+        restored = self._restore_step(candidate, state_template, initial_params_template)
+      except Exception as error:  # pylint: disable=broad-except  (orbax and TensorStore raise many kinds)
+        log.debug('Checkpoint %s does not restore', self._path(candidate), exc_info=error)
+        failures[candidate] = error
+        continue
+      self._set_aside(failures, resumed_from=candidate)
+      return restored
+    for bad, error in failures.items():
+      log.warning('Checkpoint %s does not restore (%s)', self._path(bad), _summary(error))
+    raise RuntimeError(
+        f'No checkpoint in {self.directory} restores (steps {", ".join(map(str, failures))}): they are corrupt or '
+        f'were saved by a different config. Delete {self.directory} to start over, or train in a new workdir.'
+    ) from None
+
+  def wait(self) -> None:
+    """Block until the saves in flight are committed; Ctrl-C meanwhile takes effect after them."""
+    with ctrl_c_deferred():
+      self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    with ctrl_c_deferred():
+      self._manager.close()
+
+  def _restore_step(self, step: int, state_template: ArrayTree,
+                    initial_params_template: ArrayTree) -> tuple[ArrayTree, ArrayTree, dict]:
+    """Restore one step into the templates' structure and shardings."""
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract(state_template)),
@@ -46,8 +98,44 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return restored['state'], restored['initial_params'], restored['meta']
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+  def _set_aside(self, failures: dict[int, Exception], *, resumed_from: int) -> None:
+    """Rename corrupt checkpoints out of orbax's sight, so saving their steps again works and max_to_keep
+    counts only good ones; renamed, not deleted, in case the error was a passing one."""
+    if not failures:
+      return
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for bad, error in failures.items():
+      aside = self._path(bad).with_name(f'{bad}.corrupt-{stamp}')  # not a step name: orbax ignores it
+      log.warning('Checkpoint %s does not restore (%s); moved it to %s and resumed from step %d',
+                  self._path(bad), _summary(error), aside.name, resumed_from)
+      if jax.process_index() == 0:
+        self._path(bad).rename(aside)
+    ocp.multihost.sync_global_processes(f'prospr_jax_checkpoints_set_aside_{"_".join(map(str, failures))}')
+    self._manager.reload()
 
-  def close(self) -> None:
-    self._manager.close()
+  def _path(self, step: int) -> pathlib.Path:
+    return self.directory / str(step)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+  """Hold a SIGINT until the block ends, then raise KeyboardInterrupt: a save is never cut half way, and the
+  interpreter never exits under a save thread still writing (whose traceback would follow the one-line error)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    if received:
+      raise KeyboardInterrupt
+
+
+def _summary(error: Exception, width: int = 120) -> str:
+  """The error's type and the start of its message on one line (TensorStore's run to pages)."""
+  message = ' '.join(str(error).split())
+  message = message if len(message) <= width else message[:width - 1] + '…'
+  return f'{type(error).__name__}: {message}' if message else type(error).__name__

@@ -1,21 +1,34 @@
-"""What prune.py and train.py share: multi-process start-up, logging that names the process, the workdir,
-and failures that end the run with a message instead of a traceback or a hang."""
+"""What prune.py and train.py share: flags, multi-process start-up, logging that names the process, the workdir,
+and failures that end the run with one ``error:`` line instead of a traceback or a hang.
+
+A problem the user can fix (a bad flag or config, a missing file, an unwritable workdir) ends with exit code 2;
+a full disk with 1; Ctrl-C with 130 and the checkpoint a rerun resumes from. Set ``PROSPR_JAX_TRACEBACK=1`` to
+see the traceback as well.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging as std_logging
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import jax
 import ml_collections
 from absl import flags, logging
+from jax.experimental import multihost_utils
 
-from prospr_jax import experiment
+from prospr_jax import experiment, validation, workdir as workdir_lib
 from prospr_jax.data import DatasetUnavailableError
+from prospr_jax.flag_parsing import report
 
 JOBS = {'prune_and_train': experiment.prune_and_train, 'train_and_evaluate': experiment.train_and_evaluate}
+# Errors whose message names the problem and its fix: the user needs the message, not the traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               DatasetUnavailableError, validation.ConfigError)
 
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Multi-process run: call jax.distributed.initialize() (on TPU pods and SLURM it finds '
@@ -25,6 +38,8 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to num_processes - 1.')
 _HEARTBEAT = flags.DEFINE_integer('heartbeat_timeout_seconds', 100,
                                   'A process silent this long is declared dead and the others stop.')
+_START_OVER = flags.DEFINE_bool('start_over', False, 'Delete the contents of the workdir first (its mask, '
+                                'checkpoints and results): for a workdir made by a different config.')
 
 
 def initialize_distributed() -> None:
@@ -37,13 +52,30 @@ def initialize_distributed() -> None:
 
 
 def default_workdir(config_filename: str, job: str) -> pathlib.Path:
-  name = pathlib.Path(config_filename.split(':')[0]).stem
+  """``workdir/<config name>[_<variant>][_train]``: a variant (``:runlocal``) never shares the full run's workdir."""
+  file, _, variant = config_filename.partition(':')
+  name = pathlib.Path(file).stem + (f'_{variant}' if variant else '')
   return pathlib.Path('workdir') / (name if job == 'prune_and_train' else f'{name}_train')
+
+
+def start_over(workdir: pathlib.Path) -> None:
+  """Delete everything in ``workdir`` (``--start_over``), on process 0, then let every process go on."""
+  if jax.process_index() == 0 and workdir.is_dir():
+    with workdir_lib.locked(workdir):  # never under a run that is using it
+      print(f'--start_over: deleting the contents of {workdir.resolve()}', flush=True)
+      for path in workdir.iterdir():
+        if path.name == workdir_lib.LOCK_FILE:
+          continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('start_over')
 
 
 def configure_logging() -> None:
   """prospr_jax logs at INFO on process 0 (warnings and errors on every process, named by index); libraries
-  (orbax, absl) only warnings."""
+  (orbax, absl, JAX's backend probing, whose 'Unable to initialize backend' is no error) only warnings."""
+  logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)
   handler = std_logging.StreamHandler(sys.stderr)
   handler.setFormatter(std_logging.Formatter(
       f'%(asctime)s [process {jax.process_index()}/{jax.process_count()}] %(levelname)s %(message)s', '%H:%M:%S'))
@@ -51,29 +83,85 @@ def configure_logging() -> None:
   logger.handlers[:] = [handler]
   logger.setLevel(std_logging.INFO if jax.process_index() == 0 else std_logging.WARNING)
   logger.propagate = False
-  logging.set_verbosity(logging.WARNING)
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+  """Make the workdir and write a probe file in it: a file in the way or a read-only disk is refused now, before
+  any data is read or anything compiles."""
+  path = workdir.absolute()
+  blocking = next(folder for folder in (path, *path.parents) if folder.exists())
+  if not blocking.is_dir():
+    where = 'is a file' if blocking == path else f'cannot be made: {blocking} is a file'
+    raise NotADirectoryError(f'--workdir {workdir} {where}; give a folder (it is made if missing)')
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=workdir).close()
+  except OSError as error:
+    raise PermissionError(f'--workdir {workdir} cannot be written ({error.strerror}); give another --workdir'
+                          ) from error
+
+
+def last_checkpoint(workdir: pathlib.Path) -> tuple[int, pathlib.Path] | None:
+  """The newest orbax checkpoint under ``workdir`` (``**/checkpoints/<step>``): its step and folder."""
+  found = [(folder.stat().st_mtime, int(folder.name), folder.parent)
+           for folder in workdir.glob('**/checkpoints/*') if folder.name.isdigit() and folder.is_dir()]
+  return max(found)[1:] if found else None
+
+
+def _disk_full(error: BaseException | None) -> OSError | None:
+  """The 'no space left' (or over quota) OSError behind ``error``, if that is what stopped the run."""
+  while error is not None and not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
+    error = error.__cause__ or error.__context__
+  return error
+
+
+def failure_of(error: BaseException, workdir: pathlib.Path) -> tuple[str, int] | None:
+  """The message and exit code that end the run; None for a bug in a single-process run (its traceback shows)."""
+  if isinstance(error, KeyboardInterrupt):
+    checkpoint = last_checkpoint(workdir)
+    where = f'step {checkpoint[0]} in {checkpoint[1]}' if checkpoint else 'before the first checkpoint'
+    return f'interrupted; rerun the same command to resume from the last checkpoint ({where})', 130
+  if full := _disk_full(error):
+    return (f'the disk is full (writing {full.filename or workdir.absolute()}: {full.strerror}); free space there '
+            'or give another --workdir'), 1
+  if isinstance(error, USER_ERRORS):
+    return str(error), 2
+  if jax.process_count() == 1:
+    return None
+  # Another process died or disagreed: say so and leave now (a normal exit would wait for the dead peer).
+  return (f'process {jax.process_index()} of {jax.process_count()} stopped: {type(error).__name__}: {error}\n'
+          'In a multi-process run this usually means another process failed or was killed. Restart every process '
+          'with the same command: the run resumes from its last checkpoint.'), 1
+
+
+def _remove_if_bare(folder: pathlib.Path | None) -> None:
+  """Remove a folder this run made when it holds no result (nothing but the recorded config), on process 0."""
+  if folder and jax.process_index() == 0 and folder.is_dir() and all(
+      path.is_dir() or path.name == workdir_lib.CONFIG_FILE for path in folder.rglob('*')):
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename: str, job: str) -> None:
+  """Run ``JOBS[job]`` in the workdir; what stops it ends the process with one line and a meaningful exit code."""
   initialize_distributed()
   configure_logging()
   workdir_path = pathlib.Path(workdir) if workdir else default_workdir(config_filename, job)
-  if jax.process_index() == 0:
-    print(f'workdir: {workdir_path.resolve()}', flush=True)
+  made = next((folder for folder in reversed(workdir_path.absolute().parents) if not folder.exists()),
+              None if workdir_path.exists() else workdir_path.absolute())
   try:
+    check_workdir(workdir_path)
+    if flags.FLAGS.is_parsed() and _START_OVER.value:
+      start_over(workdir_path)
+    if jax.process_index() == 0:
+      print(f'workdir: {workdir_path.resolve()}', flush=True)
     JOBS[job](config, workdir_path)
-  except (DatasetUnavailableError, experiment.ConfigError) as error:
-    print(f'error: {error}', file=sys.stderr, flush=True)
-    _exit(2)
-  except Exception as error:  # pylint: disable=broad-except
-    if jax.process_count() == 1:
+  except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
+    failure = failure_of(error, workdir_path)
+    if failure is None:
       raise
-    # Another process died or disagreed: say so and leave now (a normal exit would wait for the dead peer).
-    print(f'error: process {jax.process_index()} of {jax.process_count()} stopped: {type(error).__name__}: '
-          f'{error}\nIn a multi-process run this usually means another process failed or was killed. Restart '
-          'every process with the same command: the run resumes from its last checkpoint.', file=sys.stderr,
-          flush=True)
-    _exit(1)
+    _remove_if_bare(made)
+    report(failure[0])
+    _exit(failure[1])
 
 
 def _exit(code: int) -> None:

@@ -1,0 +1,150 @@
+"""The training loop of an experiment: resume, epochs, evaluation, checkpoints, metrics, and a stop on divergence.
+
+A rerun with the same workdir resumes from the newest checkpoint that restores,
+data order included. A non-finite loss stops the run at once with a message
+naming the step; the last good checkpoint stays, none is written after it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import TYPE_CHECKING
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from chex import ArrayTree
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from prospr_jax import checkpointing, data, faults, plots, seeds, sharding, training
+from prospr_jax.metrics import MetricsWriter
+
+if TYPE_CHECKING:
+  from prospr_jax.experiment import Setup
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ValueError):
+  """The training loss became NaN or infinite; the message names the step and the likely cause."""
+
+
+def evaluate(state: training.TrainState, setup: Setup, eval_fn, batch_size: int) -> dict[str, float]:
+  sums = [sharding.host_value(eval_fn(state, sharding.global_batch(batch, setup.mesh)))
+          for batch in data.eval_batches(setup.info, setup.eval_source, global_batch_size=batch_size)]
+  return training.summarize_eval(sums)
+
+
+@jax.jit
+def _all_finite(tree: ArrayTree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_finite(loss: jax.Array, step: int, steps_per_epoch: int, config: ml_collections.ConfigDict,
+                 last_checkpoint: int | None, params: ArrayTree | None = None) -> None:
+  """Raise ``TrainingDiverged`` unless the loss of ``step`` (1-based), and ``params`` if given, are finite."""
+  value = float(sharding.host_value(loss))
+  if math.isfinite(value) and (params is None or bool(sharding.host_value(_all_finite(params)))):
+    return
+  what = f'the loss became {value}' if not math.isfinite(value) else 'the parameters became NaN or infinite'
+  kept = f'the checkpoint at step {last_checkpoint} is kept' if last_checkpoint else 'no checkpoint was written'
+  raise TrainingDiverged(
+      f'training diverged: {what} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}). '
+      f'The learning rate is the likely cause (config.learning_rate={config.learning_rate}): lower it and rerun '
+      f'in a new --workdir (or with --start_over); {kept}.')
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_steps(model: nn.Module, learning_rate: float, momentum: float, weight_decay: float,
+                   steps_per_epoch: int, milestones: tuple[int, ...], lr_decay: float):
+  """``(schedule, optimizer, train_step, eval_step)``, jitted once per model and recipe in a process.
+
+  Flax modules hash by value, so the cells of a sweep reuse the compiled steps. No buffer donation: orbax's
+  async save may still be reading the previous state.
+  """
+  schedule = training.lr_schedule(learning_rate, steps_per_epoch, milestones, lr_decay)
+  optimizer = training.make_optimizer(learning_rate=schedule, momentum=momentum, weight_decay=weight_decay)
+  return (schedule, optimizer, jax.jit(functools.partial(training.train_step, model=model, optimizer=optimizer)),
+          jax.jit(functools.partial(training.eval_step, model=model)))
+
+
+def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, workdir: pathlib.Path,
+          title: str = '', variables: ArrayTree | None = None) -> dict[str, float]:
+  """Train ``variables * mask`` (default: ``setup.variables``) for ``config.num_epochs``, resuming from ``workdir``."""
+  variables = setup.variables if variables is None else variables
+  workdir.mkdir(parents=True, exist_ok=True)
+  steps_per_epoch = data.steps_per_epoch(len(setup.train_source), config.batch_size)
+  total_steps = config.num_epochs * steps_per_epoch
+  schedule, optimizer, train_step, eval_step = compiled_steps(
+      setup.model, config.learning_rate, config.momentum, config.weight_decay, steps_per_epoch,
+      tuple(config.lr_milestones), config.lr_decay)
+  state = sharding.replicate(
+      training.create_train_state(variables, mask, optimizer, seeds.train_dropout(config.seed)), setup.mesh)
+  initial_params = sharding.replicate(variables['params'], setup.mesh)
+  checkpointer = checkpointing.Checkpointer(workdir / 'checkpoints')
+  metrics = MetricsWriter(workdir)
+  step = 0
+  if checkpointer.latest_step() is not None:
+    state, _, meta = checkpointer.restore(state, initial_params)
+    step = int(sharding.host_value(state.step))
+    log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', step, meta['epoch'], workdir)
+  metrics.truncate_after(step)  # rows past the checkpoint (all of them when there is none) are redone
+  last_checkpoint = step or None
+  loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size,
+                             seed=seeds.train_data(config.seed), start_step=step, worker_count=config.worker_count)
+  batches = iter(loader)
+
+  check = functools.partial(check_finite, steps_per_epoch=steps_per_epoch, config=config)
+  progress = tqdm.tqdm(total=total_steps, initial=step, unit='step',
+                       disable=None if jax.process_index() == 0 else True,  # None: only on a terminal
+                       desc=title or 'train', dynamic_ncols=True, mininterval=2.0)
+  epoch_loss, epoch_accuracy, epoch_start = [], [], time.perf_counter()
+  try:
+    with logging_redirect_tqdm([logging.getLogger('prospr_jax')]):  # log lines above the bar, not glued to it
+      while step < total_steps:
+        state, step_metrics = train_step(state, sharding.global_batch(next(batches), setup.mesh))
+        step += 1
+        if epoch_loss:  # the previous step's loss, computed by now: no wait on the step just dispatched
+          check(epoch_loss[-1], step - 1, last_checkpoint=last_checkpoint)
+        epoch_loss.append(step_metrics['loss'])
+        epoch_accuracy.append(step_metrics['accuracy'])
+        progress.update(1)
+        faults.point('training', step)
+        end_of_epoch = step % steps_per_epoch == 0
+        if end_of_epoch or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
+          check(step_metrics['loss'], step, last_checkpoint=last_checkpoint, params=state.params)  # never save NaN
+        if end_of_epoch:
+          seconds = time.perf_counter() - epoch_start
+          row = {'epoch': step // steps_per_epoch, 'step': step, 'learning_rate': float(schedule(step - 1)),
+                 'train_loss': float(np.mean(sharding.host_value(epoch_loss))),
+                 'train_accuracy': float(np.mean(sharding.host_value(epoch_accuracy))),
+                 **evaluate(state, setup, eval_step, config.eval_batch_size),
+                 'images_per_second': len(epoch_loss) * config.batch_size / seconds}
+          metrics.write(row)
+          progress.set_postfix(loss=f'{row["train_loss"]:.3f}', top1=f'{row["eval_top1"]:.2%}',
+                               img_s=f'{row["images_per_second"]:.0f}')
+          log.info('epoch %d: %s', row['epoch'], json.dumps({k: round(v, 4) for k, v in row.items()}))
+          checkpointer.save(step, state, initial_params, {'epoch': row['epoch']})
+          faults.point('checkpoint_save', step)
+          last_checkpoint = step
+          epoch_loss, epoch_accuracy, epoch_start = [], [], time.perf_counter()
+        elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+          checkpointer.save(step, state, initial_params, {'epoch': step // steps_per_epoch})
+          last_checkpoint = step
+  finally:  # a stop mid-run still finishes the save in flight: the newest checkpoint is whole
+    progress.close()
+    checkpointer.wait()
+    checkpointer.close()
+    metrics.close()
+  rows = metrics.rows()
+  if jax.process_index() == 0 and rows:
+    plots.plot_learning_curves(rows, workdir / 'learning_curves.png', title=title)
+  return rows[-1] if rows else evaluate(state, setup, eval_step, config.eval_batch_size)

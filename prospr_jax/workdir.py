@@ -1,0 +1,135 @@
+"""A workdir never lies: it records the config that made it, refuses a different one, and admits one run at a time.
+
+``config.json`` holds the resolved config of the run that started the workdir.
+A rerun whose mask- or training-defining fields differ is refused with one line
+naming them; fields that only say how to run (workers, checkpoint frequency,
+where the data lie) may change, and ``num_epochs`` may grow (training goes on).
+A lock file holds the pid of the run using the workdir (process 0 of a
+multi-process run); a second run is refused while that process lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+
+from prospr_jax import files
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = 'config.json'
+LOCK_FILE = '.lock'
+# Fields that change how a run executes, not what it computes: they may differ on a rerun.
+HOW_TO_RUN = frozenset({'worker_count', 'checkpoint_every_steps', 'data_dir', 'eval_batch_size', 'compare_dense'})
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be used for this run; the message says why and the way out."""
+
+
+def flatten(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """``{'prune.sparsity': 0.9, ...}``: nested dicts as dotted keys, tuples as lists (as JSON has them)."""
+  flat: dict[str, Any] = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = json.loads(json.dumps(value))
+  return flat
+
+
+def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """Dotted names of the fields whose values differ (or that only one side has)."""
+  old, new = flatten(recorded), flatten(current)
+  return sorted(key for key in old.keys() | new.keys() if old.get(key, '<absent>') != new.get(key, '<absent>'))
+
+
+def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, write: bool = True) -> None:
+  """Record ``config`` in a new workdir; in a used one, refuse a config that would compute something else.
+
+  Raising ``num_epochs`` is allowed (and logged); lowering it is refused, as the
+  checkpoints may already be past the new end. Only a ``write`` call (process 0) records.
+  """
+  path = workdir / CONFIG_FILE
+  current = config.to_dict()
+  if not path.exists():
+    if _holds_results(workdir):
+      raise WorkdirError(f'{workdir} holds results but no {CONFIG_FILE} (made by an older version?), so they may '
+                         'come from another config: use another --workdir, or --start_over to delete them')
+    if write:
+      files.write_json(path, current)
+    return
+  recorded = json.loads(path.read_text())
+  differing = differing_fields(recorded, current)
+  refused = [key for key in differing if key not in HOW_TO_RUN and key != 'num_epochs']
+  old_epochs, new_epochs = recorded.get('num_epochs'), current['num_epochs']
+  if 'num_epochs' in differing and new_epochs < old_epochs:
+    refused.append(f'num_epochs (lowered from {old_epochs} to {new_epochs})')
+  if refused:
+    shown = ', '.join(_describe(key, recorded, current) for key in refused)
+    raise WorkdirError(f'{workdir} was made by a different config ({shown}); its mask and checkpoints belong to '
+                       'that config. Use another --workdir, or --start_over to delete its contents')
+  if 'num_epochs' in differing:
+    log.info('num_epochs raised from %d to %d: training continues from the last checkpoint', old_epochs, new_epochs)
+  if differing and write:
+    files.write_json(path, current)
+
+
+def _describe(key: str, recorded: dict[str, Any], current: dict[str, Any]) -> str:
+  if key.startswith('num_epochs'):
+    return key
+  old, new = flatten(recorded), flatten(current)
+  return f'{key}: {old.get(key, "<absent>")!r} there, {new.get(key, "<absent>")!r} now'
+
+
+def _holds_results(workdir: pathlib.Path) -> bool:
+  return any((workdir / name).exists() for name in ('mask.npz', 'checkpoints', 'pruned', 'dense'))
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except OSError as error:
+    return error.errno == errno.EPERM
+  return True
+
+
+def _lock_holder(path: pathlib.Path) -> int:
+  try:
+    return int(path.read_text().strip() or 0)
+  except (OSError, ValueError):
+    return 0
+
+
+@contextlib.contextmanager
+def locked(workdir: pathlib.Path) -> Iterator[None]:
+  """Hold ``workdir/.lock`` (this pid) for the block; refuse if a live process holds it, take over a stale one."""
+  path = workdir / LOCK_FILE
+  claim = workdir / f'.lock.{os.getpid()}'
+  claim.write_text(str(os.getpid()))
+  try:
+    while True:
+      try:
+        os.link(claim, path)  # atomic: the lock appears with its pid already in it
+        break
+      except FileExistsError:
+        holder = _lock_holder(path)
+        if holder and holder != os.getpid() and _pid_alive(holder):
+          raise WorkdirError(f'workdir {workdir} in use by pid {holder}: wait for that run to end, or use another '
+                             '--workdir') from None
+        log.warning('Removing a stale lock of pid %s in %s', holder or '?', workdir)
+        path.unlink(missing_ok=True)
+  finally:
+    claim.unlink(missing_ok=True)
+  try:
+    yield
+  finally:
+    path.unlink(missing_ok=True)
