@@ -18,7 +18,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.dataset = 'digits'
-  config.data_dir = ''  # TFDS data_dir, or the parent folder of tiny-imagenet-200/; '' means the default
+  config.data_dir = ''  # TFDS data_dir; the parent of tiny-imagenet-200/; the IDX folder of (fashion_)mnist; '' = default
   config.model = 'small_cnn'
   config.model_kwargs = ml_collections.ConfigDict()
   config.conv_impl = 'auto'     # auto | lax | canonical | im2col (prospr_jax/models/conv.py); auto = lax off-CPU

@@ -75,7 +75,7 @@ def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolut
 
 
 # Small nets that still have layers on both sides of auto's 64-input-channel switch (ResNet-20's last stage has 64);
-# VGG pools 5 times.
+# VGG pools 4 times.
 @pytest.mark.parametrize('model_name, size, kwargs', [('resnet20', 8, {}), ('vgg11', 32, {'width': 0.25})])
 def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs):
   params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **kwargs)

@@ -1,19 +1,25 @@
 """Random-access sources of ``{'image': uint8 HWC, 'label': int}`` records, one per dataset.
 
 TFDS datasets are read with ``tfds.data_source`` (array_record files, no
-TensorFlow at read time); Tiny-ImageNet from its standard folder; scikit-learn's
-bundled ``digits`` from memory. A dataset that is not there raises
-``DatasetUnavailableError`` with the steps to get it.
+TensorFlow at read time); Tiny-ImageNet from its standard folder; MNIST and
+Fashion-MNIST from their four IDX files (read once, held in memory);
+scikit-learn's bundled ``digits`` from memory. A dataset that is not there
+raises ``DatasetUnavailableError`` with the steps to get it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from prospr_jax.data import idx
+from prospr_jax.data.info import get_dataset_info
 
 DIGITS_TEST_FRACTION = 0.2
 
@@ -86,6 +92,77 @@ class TinyImageNetSource:
       return {'image': np.asarray(image.convert('RGB')), 'label': label}
 
 
+IDX_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+             'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
+IDX_FILE_LIST = ', '.join(f'{stem}.gz' for stems in IDX_FILES.values() for stem in stems)
+
+
+@dataclasses.dataclass(frozen=True)
+class IdxDataset:
+  """Where an IDX dataset lives by default and how to get it."""
+  title: str
+  folder: str    # default folder; config.data_dir overrides it
+  get_it: str    # the install or download instructions
+
+
+IDX_DATASETS = {
+    'fashion_mnist': IdxDataset(
+        'Fashion-MNIST', '/usr/share/datasets/fashion-mnist',
+        'Install it with\n  sudo apt-get install dataset-fashion-mnist   # into /usr/share/datasets/fashion-mnist/\n'
+        f'or download {IDX_FILE_LIST} from https://github.com/zalandoresearch/fashion-mnist (folder data/fashion) '
+        'into one folder and set config.data_dir to it.'),
+    'mnist': IdxDataset(
+        'MNIST', '/usr/share/datasets/mnist',
+        f'Download {IDX_FILE_LIST} from http://yann.lecun.com/exdb/mnist/ (or the mirror '
+        'https://ossci-datasets.s3.amazonaws.com/mnist/) into /usr/share/datasets/mnist/, or into any folder and '
+        'set config.data_dir to it.'),
+}
+
+
+def _find_idx_file(folders: Sequence[pathlib.Path], stem: str, dataset: IdxDataset) -> pathlib.Path:
+  """``stem.gz`` or the uncompressed ``stem`` in the first folder that has one."""
+  for folder in folders:
+    for path in (folder / f'{stem}.gz', folder / stem):
+      if path.is_file():
+        return path
+  raise DatasetUnavailableError(
+      f'{dataset.title} not found: no {stem}.gz or {stem} in {" or ".join(map(str, folders))}. {dataset.get_it}')
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_pair(images_path: str, labels_path: str, _stamp: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """Images (N, H, W) and labels (N,), checked against each other; cached per file (and its mtime and size)."""
+  images, labels = idx.read_idx(images_path, ndim=3), idx.read_idx(labels_path, ndim=1)
+  if len(images) != len(labels):
+    raise idx.IdxFormatError(f'{images_path} holds {len(images):,} images but {labels_path} holds {len(labels):,} '
+                             'labels: the files do not belong together')
+  return images, labels
+
+
+def _stamp(*paths: pathlib.Path) -> tuple[int, ...]:
+  return tuple(v for p in paths for v in (p.stat().st_mtime_ns, p.stat().st_size))
+
+
+def idx_source(name: str, split: str, data_dir: str | os.PathLike[str] | None = None) -> ArraySource:
+  """MNIST or Fashion-MNIST ``split`` from its IDX files (.gz or plain) in ``data_dir`` or ``data_dir/fashion-mnist``.
+
+  Without ``data_dir``: the Debian package's folder (``/usr/share/datasets/fashion-mnist``, ``.../mnist``).
+  """
+  dataset, info = IDX_DATASETS[name], get_dataset_info(name)
+  if split not in IDX_FILES:
+    raise ValueError(f"{name} has splits 'train' and 'test', not {split!r}")
+  root = pathlib.Path(data_dir or dataset.folder)
+  folders = [root, root / pathlib.Path(dataset.folder).name] if data_dir else [root]
+  paths = [_find_idx_file(folders, stem, dataset) for stem in IDX_FILES[split]]
+  images, labels = _read_idx_pair(*map(str, paths), _stamp(*paths))
+  if images.shape[1:] != (info.image_size, info.image_size):
+    raise idx.IdxFormatError(f'{paths[0]}: images of {images.shape[1]}x{images.shape[2]} pixels, expected '
+                             f'{info.image_size}x{info.image_size} for {dataset.title}')
+  if labels.size and labels.max() >= info.num_classes:
+    raise idx.IdxFormatError(f'{paths[1]}: label {labels.max()} out of range for {info.num_classes} classes')
+  return ArraySource(f'{name}/{split}', images[..., None], labels)
+
+
 def _tfds_instructions(name: str, data_dir: str | None) -> str:
   where = f' --data_dir={data_dir}' if data_dir else ''
   if name == 'imagenet2012':
@@ -113,4 +190,6 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
     return digits_source(split)
   if name == 'tiny_imagenet':
     return TinyImageNetSource(pathlib.Path(data_dir or '.') / 'tiny-imagenet-200', split)
+  if name in IDX_DATASETS:
+    return idx_source(name, split, data_dir)
   return tfds_source(name, split, data_dir)

@@ -8,12 +8,15 @@ from typing import Any
 
 import flax.linen as nn
 
+from prospr_jax.models.lenet import LeNet5, LeNet300100
 from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet20
 from prospr_jax.models.small_cnn import SmallCNN
 from prospr_jax.models.vgg import VGG
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'small_cnn': SmallCNN,
+    'lenet300_100': LeNet300100,
+    'lenet5': LeNet5,
     'vgg11': functools.partial(VGG, depth=11),
     'vgg13': functools.partial(VGG, depth=13),
     'vgg16': functools.partial(VGG, depth=16),

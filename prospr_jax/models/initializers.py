@@ -1,4 +1,10 @@
-"""Initialisers of the authors' PyTorch models, so a pruned network starts where theirs does."""
+"""Initialisers of the authors' PyTorch models, so a pruned network starts where theirs does.
+
+PyTorch's default for ``nn.Conv2d`` and ``nn.Linear`` is ``kaiming_uniform_(a=sqrt(5))``:
+U(+-1/sqrt(fan_in)), variance 1/(3 fan_in), with the bias U(+-1/sqrt(fan_in)) too.
+Flax's ``variance_scaling`` computes fan-in as PyTorch does (kh * kw * C_in for an
+HWIO kernel, C_in for a Dense kernel).
+"""
 
 from __future__ import annotations
 
@@ -21,3 +27,8 @@ def torch_default_bias(fan_in: int):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
+
+
+def torch_dense(features: int, fan_in: int) -> nn.Dense:
+  """``nn.Linear(fan_in, features)`` with PyTorch's default kernel and bias init."""
+  return nn.Dense(features, kernel_init=torch_default_kernel, bias_init=torch_default_bias(fan_in))

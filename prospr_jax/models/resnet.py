@@ -1,13 +1,24 @@
-"""ResNets: ResNet-20 for CIFAR (option-A shortcuts) and torchvision's ResNet-18/34/50.
+"""ResNets: ResNet-20 for CIFAR (option-A shortcuts) and torchvision's ResNet-18/34/50 layout.
 
-``small_input`` is the CIFAR patch of the paper (appendix A.1): a 3x3 stride-1
-stem and no max-pool. ResNet-20 convs are He normal fan-in (Frankle et al.'s
-open_lth); torchvision ResNets are He normal fan-out with PyTorch's default
-Dense init.
+- ResNet-20 (the authors' ``models/resnet20.py``, Idelbayev's): convs and the
+  Dense kernel He normal fan-in (``kaiming_normal_``), the Dense bias PyTorch's
+  default U(+-1/sqrt(64)).
+- ResNet-18/50 (the authors' ``models/resnet_custom.py``, torchvision's layout,
+  v1.5 bottleneck; ResNet-34 built alike): their ``_initialize_weights`` is never called, so
+  every conv keeps PyTorch's default init, U(+-1/sqrt(fan_in)), variance
+  1/(3 fan_in): ``conv_init='torch_default'``, the default, as the authors use
+  it for CIFAR, Tiny-ImageNet and ImageNet alike. ``conv_init='torchvision'`` gives
+  torchvision's own: convs He normal fan-out. Either way the Dense keeps
+  PyTorch's default Linear init (torchvision does not re-initialise it).
+- ``small_input`` is the authors' patch for small images (appendix A.1): a 3x3
+  stride-1 stem and no max-pool.
+
+BatchNorm everywhere: scale 1, bias 0 (PyTorch's default and flax's).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,7 +26,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prospr_jax.models.initializers import he_normal_fan_in, he_normal_fan_out, torch_default_bias, torch_default_kernel
+from prospr_jax.models.initializers import (
+  he_normal_fan_in,
+  he_normal_fan_out,
+  torch_default_bias,
+  torch_default_kernel,
+  torch_dense,
+)
 
 
 def _norm(train: bool, **kwargs) -> nn.BatchNorm:
@@ -62,14 +79,16 @@ class ResNet20(nn.Module):
 
 
 class BasicBlock(nn.Module):
+  """torchvision's basic block: two 3x3 convs; a 1x1 conv + BatchNorm shortcut where the shape changes."""
   features: int
   stride: int
   conv_general_dilated: Callable[..., Any] | None = None
+  kernel_init: Callable[..., Any] = torch_default_kernel
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = _torchvision_conv(self.conv_general_dilated)
+    conv = _conv_factory(self.kernel_init, self.conv_general_dilated)
     y = nn.relu(_norm(train)(conv(self.features, 3, self.stride)(x)))
     y = _norm(train)(conv(self.features, 3, 1)(y))
     return nn.relu(_shortcut(x, self.features, self.stride, train, conv) + y)
@@ -80,22 +99,37 @@ class Bottleneck(nn.Module):
   features: int
   stride: int
   conv_general_dilated: Callable[..., Any] | None = None
+  kernel_init: Callable[..., Any] = torch_default_kernel
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = _torchvision_conv(self.conv_general_dilated)
+    conv = _conv_factory(self.kernel_init, self.conv_general_dilated)
     y = nn.relu(_norm(train)(conv(self.features, 1, 1)(x)))
     y = nn.relu(_norm(train)(conv(self.features, 3, self.stride)(y)))
     y = _norm(train)(conv(self.features * 4, 1, 1)(y))
     return nn.relu(_shortcut(x, self.features * 4, self.stride, train, conv) + y)
 
 
-def _torchvision_conv(conv_general_dilated):
+def _conv_factory(kernel_init, conv_general_dilated):
+  """``conv(features, size, stride)``: a bias-free square conv padded by ``size // 2``, as torchvision's."""
   def conv(features: int, size: int, stride: int) -> nn.Conv:
     return nn.Conv(features, (size, size), strides=stride, padding=size // 2, use_bias=False,
-                   kernel_init=he_normal_fan_out, conv_general_dilated=conv_general_dilated)
+                   kernel_init=kernel_init, conv_general_dilated=conv_general_dilated)
   return conv
+
+
+RESNET_INITS: dict[str, Callable[..., Any]] = {
+    'torch_default': torch_default_kernel,  # the authors' code: their initialiser is never called
+    'torchvision': he_normal_fan_out,       # torchvision.models.resnet: kaiming_normal_(mode='fan_out')
+}
+
+
+def resnet_conv_init(name: str) -> Callable[..., Any]:
+  """The conv kernel initialiser named ``name``; an unknown name lists the valid ones."""
+  if name not in RESNET_INITS:
+    raise ValueError(f'unknown ResNet conv_init {name!r}; valid: {", ".join(RESNET_INITS)}')
+  return RESNET_INITS[name]
 
 
 def _shortcut(x, features, stride, train, conv):
@@ -105,27 +139,29 @@ def _shortcut(x, features, stride, train, conv):
 
 
 class ResNet(nn.Module):
-  """torchvision's ResNet; ``small_input`` swaps the 7x7/2 stem and max-pool for one 3x3/1 conv."""
+  """torchvision's ResNet; ``small_input`` swaps the 7x7/2 stem and max-pool for one 3x3/1 conv.
+
+  ``conv_init``: 'torch_default' (the authors' models: PyTorch's default conv init) or 'torchvision' (He fan-out).
+  """
   block: type[nn.Module]
   stage_sizes: Sequence[int]
   num_classes: int = 1000
   small_input: bool = False
+  conv_init: str = 'torch_default'  # not `init`: that is flax's Module.init
   conv_general_dilated: Callable[..., Any] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    if self.small_input:
-      x = _torchvision_conv(self.conv_general_dilated)(64, 3, 1)(x)
-    else:
-      x = nn.Conv(64, (7, 7), strides=2, padding=3, use_bias=False, kernel_init=he_normal_fan_out,
-                  conv_general_dilated=self.conv_general_dilated)(x)
+    kernel_init = resnet_conv_init(self.conv_init)
+    conv = _conv_factory(kernel_init, self.conv_general_dilated)
+    x = conv(64, 3, 1)(x) if self.small_input else conv(64, 7, 2)(x)
     x = nn.relu(_norm(train)(x))
     if not self.small_input:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    block = functools.partial(self.block, conv_general_dilated=self.conv_general_dilated, kernel_init=kernel_init)
     for stage, blocks in enumerate(self.stage_sizes):
-      for block in range(blocks):
-        stride = 2 if stage > 0 and block == 0 else 1
-        x = self.block(64 * 2**stage, stride, self.conv_general_dilated)(x, train)
+      for index in range(blocks):
+        stride = 2 if stage > 0 and index == 0 else 1
+        x = block(64 * 2**stage, stride)(x, train)
     x = x.mean(axis=(1, 2))
-    return nn.Dense(self.num_classes, kernel_init=torch_default_kernel,
-                    bias_init=torch_default_bias(x.shape[-1]))(x)
+    return torch_dense(self.num_classes, x.shape[-1])(x)

@@ -1,27 +1,37 @@
-"""VGG with BatchNorm: the CIFAR variant (global average pool, one Dense) and the ImageNet one.
+"""VGG with BatchNorm as the authors build it (mil-ad/prospr ``models/models.py``, after GraSP's VGG).
 
-The conv stack is torchvision's (3x3 convs with bias, 2x2 max-pools); convs are
-He normal fan-out, the classifier N(0, 0.01), biases zero (torchvision's init).
+The conv stack is torchvision's ``make_layers`` (3x3 convs with bias, BatchNorm,
+ReLU, 2x2 max-pools) on a layer list with **four** max-pools: no pool after the
+last conv block. torchvision's init runs on it: convs He normal fan-out, conv
+biases 0, BatchNorm scale 1 and bias 0.
+
+- CIFAR head (default): the last map (2x2 on 32x32 inputs) is averaged
+  (``AdaptiveAvgPool2d(1)``) into one Dense, which the authors create after
+  torchvision's init, so it keeps PyTorch's default Linear init (kernel and bias
+  U(+-1/sqrt(512))).
+- ``imagenet_head``: the 14x14 map (224 inputs) is average-pooled to 7x7
+  (``AdaptiveAvgPool2d(7)``), then torchvision's classifier (4096-4096-classes,
+  ReLU, dropout) with its init: N(0, 0.01) kernels, zero biases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from prospr_jax.models.initializers import he_normal_fan_out
+from prospr_jax.models.initializers import he_normal_fan_out, torch_dense
+from prospr_jax.models.pooling import adaptive_avg_pool
 
 STACKS: dict[int, tuple[int | str, ...]] = {
-    11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    13: (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
-    16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
-    19: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'),
+    11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
+    13: (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
+    16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512),
+    19: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512),
 }
-classifier_init = nn.initializers.normal(0.01)
+classifier_init = nn.initializers.normal(0.01)  # torchvision's Linear init (the ImageNet head)
 
 
 class VGG(nn.Module):
@@ -43,19 +53,10 @@ class VGG(nn.Module):
                   conv_general_dilated=self.conv_general_dilated)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     if not self.imagenet_head:
-      return nn.Dense(self.num_classes, kernel_init=classifier_init)(x.mean(axis=(1, 2)))
-    x = _adaptive_avg_pool(x, (7, 7)).reshape(x.shape[0], -1)
+      return torch_dense(self.num_classes, x.shape[-1])(x.mean(axis=(1, 2)))
+    x = adaptive_avg_pool(x, (7, 7)).reshape(x.shape[0], -1)
     for features in (4096, 4096):
       x = nn.relu(nn.Dense(features, kernel_init=classifier_init)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=classifier_init)(x)
 
-
-def _adaptive_avg_pool(x: jax.Array, size: Sequence[int]) -> jax.Array:
-  """torch's AdaptiveAvgPool2d for inputs whose size is a multiple of ``size`` (or smaller: repeat)."""
-  height, width = x.shape[1:3]
-  if height < size[0]:
-    x = jnp.repeat(jnp.repeat(x, -(-size[0] // height), axis=1), -(-size[1] // width), axis=2)
-    height, width = x.shape[1:3]
-  window = (height // size[0], width // size[1])
-  return nn.avg_pool(x, window, window)

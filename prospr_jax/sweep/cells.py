@@ -1,0 +1,105 @@
+"""One cell of a sweep: run it as a normal experiment in its own workdir, tell whether it finished, read its row.
+
+A cell is finished when its ``results.json`` exists: ``prune_and_train`` writes
+it last, and the sweep writes one for the dense cell. A dense cell trained by
+``train.py`` (a printed command) has none; it is finished when its
+``metrics.jsonl`` reaches ``num_epochs``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from prospr_jax import data, experiment, files, workdir as workdir_lib
+from prospr_jax.models import conv as conv_lib, get_model
+from prospr_jax.sweep.grid import DENSE, Cell
+
+RESULTS_FILE = 'results.json'
+CELL_FILE = 'cell.json'
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _completed_training(cell_dir: pathlib.Path) -> dict[str, Any] | None:
+  """The last metrics row of a ``train.py`` run in ``cell_dir`` once it reached ``num_epochs``, else None."""
+  metrics, config = cell_dir / METRICS_FILE, cell_dir / workdir_lib.CONFIG_FILE
+  if not (metrics.exists() and config.exists()):
+    return None
+  rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+  return rows[-1] if rows and rows[-1]['epoch'] >= json.loads(config.read_text())['num_epochs'] else None
+
+
+def final_results(cell: Cell, cell_dir: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+  """``(results, final eval row)`` of a finished cell, None for an unfinished one."""
+  results = _read_json(cell_dir / RESULTS_FILE)
+  if results:
+    return results, results.get('pruned') or results[DENSE]
+  final = _completed_training(cell_dir) if cell.is_dense else None
+  return None if final is None else ({'weight_sparsity': 0.0}, final)
+
+
+def is_finished(cell: Cell, workdir: pathlib.Path) -> bool:
+  return final_results(cell, cell.directory(workdir)) is not None
+
+
+def config_hash(cell_dir: pathlib.Path) -> str:
+  """The first 12 hex digits of the sha256 of the cell's recorded ``config.json``."""
+  return hashlib.sha256((cell_dir / workdir_lib.CONFIG_FILE).read_bytes()).hexdigest()[:12]
+
+
+def cell_row(cell: Cell, workdir: pathlib.Path) -> dict[str, Any] | None:
+  """The ``results.jsonl`` row of a finished cell (accuracies as fractions, times in seconds), else None."""
+  cell_dir = cell.directory(workdir)
+  finished = final_results(cell, cell_dir)
+  if finished is None:
+    return None
+  results, final = finished
+  pruning_seconds = _read_json(cell_dir / 'pruning.json').get('seconds')
+  cell_seconds = _read_json(cell_dir / CELL_FILE).get('seconds')
+  training_seconds = None if cell_seconds is None else cell_seconds - (pruning_seconds or 0.0)
+  return {'config_hash': config_hash(cell_dir), 'criterion': cell.criterion, 'sparsity': cell.sparsity,
+          'seed': cell.seed, 'kept_weights': results.get('kept_weights'),
+          'weight_sparsity': results.get('weight_sparsity'), 'top1': final['eval_top1'], 'top5': final['eval_top5'],
+          'pruning_seconds': pruning_seconds, 'training_seconds': training_seconds, 'cell_seconds': cell_seconds,
+          'cell': str(cell_dir.relative_to(workdir))}
+
+
+def prunable_weights(config: ml_collections.ConfigDict) -> int:
+  """The number of prunable weights (kernels: ``ndim > 1``) of the config's model, from shapes alone."""
+  info = data.get_dataset_info(config.dataset)
+  model = get_model(config.model, info.num_classes, conv_general_dilated=conv_lib.resolve_conv_impl(config.conv_impl),
+                    **config.model_kwargs)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, *info.input_shape), jnp.float32))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']) if len(leaf.shape) > 1)
+
+
+def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
+  """Run the cell (resuming what a killed run left), write ``cell.json`` and its results; return its seconds."""
+  cell_dir = cell.directory(workdir)
+  start = time.perf_counter()
+  if cell.is_dense:
+    final = experiment.train_and_evaluate(config, cell_dir)
+    results = {'criterion': DENSE, 'sparsity': 0.0, 'weight_sparsity': 0.0,
+               'kept_weights': prunable_weights(config), DENSE: final}
+  else:
+    experiment.prune_and_train(config, cell_dir)
+  seconds = time.perf_counter() - start
+  if jax.process_index() == 0:
+    files.write_json(cell_dir / CELL_FILE, {'seconds': seconds})
+    if cell.is_dense:
+      files.write_json(cell_dir / RESULTS_FILE, results)  # last: it marks the cell finished
+  return seconds

@@ -1,0 +1,70 @@
+"""``--print_commands``: one shell command per unfinished cell (for a cluster), then the one that builds the tables.
+
+A pruned cell is ``prune.py`` and a dense cell ``train.py``, each with the
+user's ``--config`` and overrides followed by the cell's own (the last one wins),
+in the cell's workdir: the same config, so the same cell, as the sweep runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shlex
+from collections.abc import Sequence
+
+import ml_collections
+
+from prospr_jax.sweep import cells as cells_lib
+from prospr_jax.sweep.grid import Cell, Grid, cell_overrides
+from prospr_jax.sweep.runner import prepare
+
+CACHE_ENV = 'JAX_COMPILATION_CACHE_DIR'  # JAX reads its persistent cache folder from here
+
+
+def config_overrides(argv: Sequence[str]) -> list[str]:
+  """The ``--config.<field>=<value>`` arguments of a command line, ``--config.x 1`` joined to ``--config.x=1``."""
+  found, index = [], 0
+  while index < len(argv):
+    arg = argv[index]
+    if re.match(r'--?config\.', arg):
+      arg = '--' + arg.lstrip('-')
+      if '=' not in arg and index + 1 < len(argv) and not argv[index + 1].startswith('--'):
+        index += 1
+        arg = f'{arg}={argv[index]}'
+      found.append(arg)
+    index += 1
+  return found
+
+
+def _script(script_dir: str, name: str) -> str:
+  return os.path.join(script_dir, name)
+
+
+def cell_command(cell: Cell, workdir: pathlib.Path, config_argument: str, overrides: Sequence[str], *,
+                 script_dir: str = '', python: str = 'python', cache_dir: str | None = None) -> str:
+  """``python prune.py --config <config> <overrides> <the cell's> --workdir <cell dir>`` (``train.py`` if dense)."""
+  script = _script(script_dir, 'train.py' if cell.is_dense else 'prune.py')
+  words = [python, script, '--config', config_argument, *overrides, *cell_overrides(cell),
+           '--workdir', str(cell.directory(workdir))]
+  prefix = f'{CACHE_ENV}={shlex.quote(cache_dir)} ' if cache_dir else ''
+  return prefix + shlex.join(words)
+
+
+def aggregate_command(workdir: pathlib.Path, config_argument: str, overrides: Sequence[str], *,
+                      script_dir: str = '', python: str = 'python') -> str:
+  """The command that builds ``results.jsonl``, the tables and the figure once the cells are done."""
+  return shlex.join([python, _script(script_dir, 'sweep.py'), '--config', config_argument, *overrides,
+                     '--workdir', str(workdir), '--aggregate_only'])
+
+
+def pending_commands(config: ml_collections.ConfigDict, grid: Grid, workdir: str | pathlib.Path,
+                     config_argument: str, overrides: Sequence[str], *, script_dir: str = '',
+                     python: str = 'python', cache_dir: str | None = None) -> list[str]:
+  """Record the sweep (as running it would), then one command per unfinished cell and the aggregation's."""
+  workdir = pathlib.Path(workdir)
+  prepare(config, grid, workdir)
+  commands = [cell_command(cell, workdir, config_argument, overrides, script_dir=script_dir, python=python,
+                           cache_dir=cache_dir)
+              for cell in grid.cells() if not cells_lib.is_finished(cell, workdir)]
+  return commands + [aggregate_command(workdir, config_argument, overrides, script_dir=script_dir, python=python)]

@@ -1,0 +1,56 @@
+"""``<workdir>/sweep.json``: the base config and grid of a sweep, so a rerun continues the same sweep or is refused.
+
+A rerun may add criteria, sparsities and seeds (the recorded grid grows to the
+union), and change only how cells run (``workdir.HOW_TO_RUN``); any other field
+of the base config differs from the one its finished cells were trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from prospr_jax import files, workdir as workdir_lib
+from prospr_jax.sweep.grid import Grid
+
+SWEEP_FILE = 'sweep.json'
+
+
+class SweepConfigError(workdir_lib.WorkdirError):
+  """The sweep's workdir holds cells of another base config; the message names the fields."""
+
+
+def read_sweep(workdir: pathlib.Path) -> tuple[dict[str, Any], Grid] | None:
+  """The recorded base config and grid, or None in a new workdir."""
+  path = workdir / SWEEP_FILE
+  if not path.exists():
+    return None
+  recorded = json.loads(path.read_text())
+  return recorded['base_config'], Grid.from_dict(recorded['grid'])
+
+
+def check_same_base(workdir: pathlib.Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+  """Refuse a base config that would compute other cells, naming each differing field and both values."""
+  refused = [key for key in workdir_lib.differing_fields(recorded, current) if key not in workdir_lib.HOW_TO_RUN]
+  if refused:
+    old, new = workdir_lib.flatten(recorded), workdir_lib.flatten(current)
+    shown = '; '.join(f'{key}: {old.get(key, "<absent>")!r} there, {new.get(key, "<absent>")!r} now' for key in refused)
+    raise SweepConfigError(f'{workdir} holds a sweep of another base config ({shown}); its cells belong to that '
+                           'config. Rerun with that config, or use another --workdir')
+
+
+def record_sweep(workdir: pathlib.Path, config: ml_collections.ConfigDict, grid: Grid) -> Grid:
+  """Check ``config`` against the recorded one, record both (the grid as the union), return the union grid."""
+  current = config.to_dict()
+  recorded = read_sweep(workdir)
+  if recorded is not None:
+    check_same_base(workdir, recorded[0], current)
+    grid = recorded[1].union(grid)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    files.write_json(workdir / SWEEP_FILE, {'base_config': current, 'grid': grid.to_dict()})
+  return grid

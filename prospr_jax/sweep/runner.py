@@ -1,0 +1,150 @@
+"""Run a sweep: every unfinished cell in turn, resumable, within a wall-clock budget, aggregating as it goes.
+
+Cells run one after another in one process. With JAX's persistent compilation
+cache (``enable_compilation_cache``) a program compiled for one cell is loaded,
+not compiled again, by the next cells (the trainer jits its steps anew for each
+run) and by later processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from prospr_jax import files, validation
+from prospr_jax.sweep import cells as cells_lib, figure, record, table
+from prospr_jax.sweep.grid import Cell, Grid, cell_config, check_base_config, make_grid
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = 'results.jsonl'
+MIN_CACHED_COMPILE_SECONDS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOutcome:
+  total: int  # cells of this call's grid
+  skipped: int  # already finished when the call began
+  ran: int
+  remaining: int  # unfinished when the call ended (a spent budget)
+  seconds: tuple[float, ...]  # wall time of each cell run, in order
+
+
+def enable_compilation_cache(directory: str | pathlib.Path) -> None:
+  """Keep compiled programs that took over 0.5 s on disk, for the next cells and the next processes."""
+  jax.config.update('jax_compilation_cache_dir', str(directory))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_CACHED_COMPILE_SECONDS)
+
+
+def validate_sweep(config: ml_collections.ConfigDict, grid: Grid) -> None:
+  """Refuse a base config or grid that some cell cannot run, before anything runs or is written."""
+  check_base_config(config)
+  for cell in grid.cells():
+    validation.validate_config(cell_config(config, cell))
+
+
+def prepare(config: ml_collections.ConfigDict, grid: Grid, workdir: pathlib.Path) -> Grid:
+  """Validate, then record the sweep in ``workdir`` (refusing another base config); return the recorded grid."""
+  validate_sweep(config, grid)
+  return record.record_sweep(workdir, config, grid)
+
+
+def aggregate(workdir: str | pathlib.Path, config: ml_collections.ConfigDict | None = None, *,
+              with_figure: bool = True) -> dict[tuple[str, float], table.Summary]:
+  """Rebuild ``results.jsonl``, ``table.md``, ``table.csv`` (and the figure) from the finished cells.
+
+  Given a ``config``, first refuse one that differs from the sweep's recorded base config.
+  """
+  workdir = pathlib.Path(workdir)
+  recorded = record.read_sweep(workdir)
+  if recorded is None:
+    raise FileNotFoundError(f'{workdir / record.SWEEP_FILE} is missing: run the sweep in this --workdir first')
+  base, grid = recorded
+  if config is not None:
+    record.check_same_base(workdir, base, config.to_dict())
+  rows = [row for cell in grid.cells() if (row := cells_lib.cell_row(cell, workdir)) is not None]
+  summaries = table.summarize(rows)
+  if jax.process_index() == 0:
+    files.write_text(workdir / RESULTS_FILE, ''.join(files.json_dumps(row) + '\n' for row in rows))
+    files.write_text(workdir / 'table.md', table.table_markdown(summaries, grid, base))
+    files.write_text(workdir / 'table.csv', table.table_csv(summaries, grid, base))
+    if with_figure:
+      figure.save_figure(figure.draw_figure(summaries, grid, base), workdir / figure.FIGURE_NAME)
+  return summaries
+
+
+def _clock(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _everyone_agrees(decision: bool) -> bool:
+  """Process 0's decision, on every process (clocks differ; all processes must run the same cells)."""
+  if jax.process_count() == 1:
+    return decision
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision)))
+
+
+def _log_progress(done: int, total: int, seconds: list[float], elapsed: float, left: int) -> None:
+  mean = sum(seconds) / len(seconds)
+  log.info('sweep: %d of %d cells done; elapsed %s, about %s left (%d cells at %.1f s, the mean so far)', done,
+           total, _clock(elapsed), _clock(mean * left), left, mean)
+  if len(seconds) == 2:
+    log.info('sweep: the second cell of this process took %.1f s, the first %.1f s (compilation included)',
+             seconds[1], seconds[0])
+
+
+def run_sweep(config: ml_collections.ConfigDict, criteria: str | Sequence[str],
+              sparsities: str | Sequence[float], seeds: int, workdir: str | pathlib.Path, *,
+              budget_minutes: float | None = None) -> SweepOutcome:
+  """Run every unfinished cell of the grid (a rerun continues), aggregate after each, stop when the budget is spent.
+
+  ``criteria``, ``sparsities``: as the flags take them (``'all'``, ``'paper,0.993'``) or sequences; ``seeds``: a
+  count. The budget is checked between cells: no cell starts after ``budget_minutes``, none is cut short.
+  """
+  if budget_minutes is not None and not budget_minutes > 0:
+    raise ValueError(f'--budget_minutes must be > 0 (or left out: no limit), got {budget_minutes}')
+  workdir = pathlib.Path(workdir)
+  grid = make_grid(criteria, sparsities, seeds)
+  prepare(config, grid, workdir)
+  every = grid.cells()
+  pending = [cell for cell in every if not cells_lib.is_finished(cell, workdir)]
+  done_before = len(every) - len(pending)
+  log.info('sweep: %d cells (%d criteria x %d sparsities x %d seeds, and dense per seed) in %s: %d finished, '
+           '%d to run', len(every), len(grid.criteria), len(grid.sparsities), grid.seeds, workdir, done_before,
+           len(pending))
+  start, seconds = time.perf_counter(), []
+  for cell in pending:
+    elapsed = time.perf_counter() - start
+    if _everyone_agrees(budget_minutes is not None and elapsed >= 60 * budget_minutes):
+      log.info('sweep: the budget of %s minutes is spent (%s elapsed); %d of %d cells remain: rerun the same '
+               'command to continue', budget_minutes, _clock(elapsed), len(pending) - len(seconds), len(every))
+      break
+    number = done_before + len(seconds) + 1
+    log.info('sweep: cell %d of %d: %s (%s)', number, len(every), cell, cell.directory(workdir))
+    seconds.append(_run_one(cell, config, workdir))
+    aggregate(workdir, with_figure=False)
+    _log_progress(number, len(every), seconds, time.perf_counter() - start, len(pending) - len(seconds))
+  aggregate(workdir)
+  remaining = len(pending) - len(seconds)
+  if not remaining:
+    log.info('sweep: all %d cells finished; tables and figure in %s', len(every), workdir)
+  return SweepOutcome(len(every), done_before, len(seconds), remaining, tuple(seconds))
+
+
+def _run_one(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
+  try:
+    return cells_lib.run_cell(cell, cell_config(config, cell), workdir)
+  except Exception:
+    log.error('sweep: cell %s failed (%s); finished cells are kept, rerunning continues', cell,
+              cell.directory(workdir))
+    raise
+

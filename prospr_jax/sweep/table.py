@@ -1,0 +1,116 @@
+"""A sweep's results: one row per finished cell, then top-1 mean ± std over seeds per criterion x sparsity.
+
+The tables follow the paper's appendix B (Tables 3-5): criteria as rows,
+sparsities as columns, and beside our number the paper's where it has one.
+Means and standard deviations are in %, the standard deviation the sample one
+(ddof = 1), absent for a single seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prospr_jax import paper_numbers
+from prospr_jax.sweep.grid import DENSE, Grid
+
+MISSING = '—'
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+  """Top-1 in % over the finished seeds of one criterion x sparsity."""
+  mean: float
+  std: float | None  # sample std (ddof = 1); None for one seed
+  n: int
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, float], Summary]:
+  """``{(criterion, sparsity): Summary}`` of top-1 over seeds; the dense network is ``('dense', 0.0)``."""
+  groups: dict[tuple[str, float], list[float]] = {}
+  for row in rows:
+    groups.setdefault((row['criterion'], row['sparsity']), []).append(100.0 * row['top1'])
+  return {key: Summary(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+          for key, values in groups.items()}
+
+
+def lookup(summaries: dict[tuple[str, float], Summary], criterion: str, sparsity: float) -> Summary | None:
+  """The summary of one table cell; the dense row has the same one in every column."""
+  return summaries.get((DENSE, 0.0) if criterion == DENSE else (criterion, sparsity))
+
+
+def sparsity_labels(sparsities: Sequence[float]) -> list[str]:
+  """Column labels in %, with one decimal as in the paper, more where one decimal would merge two columns."""
+  def label(sparsity: float) -> str:
+    others = [s for s in sparsities if s != sparsity]
+    decimals = next((d for d in range(1, 7)
+                     if all(f'{100 * s:.{d}f}' != f'{100 * sparsity:.{d}f}' for s in others)), 6)
+    return f'{100 * sparsity:.{decimals}f}'
+  return [label(s) for s in sparsities]
+
+
+def format_summary(summary: Summary | None) -> str:
+  if summary is None:
+    return MISSING
+  spread = '' if summary.std is None else f' ± {summary.std:.2f}'
+  return f'{summary.mean:.2f}{spread} (n={summary.n})'
+
+
+def _paper(config: dict[str, Any], criterion: str, sparsity: float) -> tuple[float, float] | None:
+  return paper_numbers.paper_top1(config['model'], config['dataset'], criterion, sparsity)
+
+
+def _has_paper_numbers(config: dict[str, Any]) -> bool:
+  return (config['model'], config['dataset']) in paper_numbers.PAPER_TOP1
+
+
+def title(config: dict[str, Any], grid: Grid) -> str:
+  epochs, seeds = config['num_epochs'], grid.seeds
+  return (f'{config["model"]} on {config["dataset"]}, {epochs} epoch{"s" * (epochs != 1)}, '
+          f'{seeds} seed{"s" * (seeds != 1)}')
+
+
+def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
+  """Rows: dense, then each criterion; columns: the sparsities; cells ``mean ± std (n)`` and the paper's."""
+  paper = _has_paper_numbers(config)
+  lines = [f'Top-1 accuracy (%) of {title(config, grid)}: mean ± sample std over seeds (n finished)'
+           + ('; [paper: mean ± std] from its appendix B.' if paper else '.'), '',
+           '| Sparsity (%) | ' + ' | '.join(sparsity_labels(grid.sparsities)) + ' |',
+           '|---' * (len(grid.sparsities) + 1) + '|']
+  for criterion in (DENSE, *grid.criteria):
+    cells = []
+    for sparsity in grid.sparsities:
+      text = format_summary(lookup(summaries, criterion, sparsity))
+      if (theirs := _paper(config, criterion, sparsity)) is not None:
+        text += f' [paper: {theirs[0]:.1f} ± {theirs[1]:.1f}]'
+      cells.append(text)
+    lines.append(f'| {criterion} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _number(value: float | None) -> str:
+  return '' if value is None else f'{value:.4f}'
+
+
+def table_csv(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
+  """The markdown table in numbers: per sparsity label, ``mean``, ``std``, ``n`` (and the paper's mean and std)."""
+  paper = _has_paper_numbers(config)
+  fields = ('mean', 'std', 'n') + (('paper mean', 'paper std') if paper else ())
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator='\n')
+  labels = sparsity_labels(grid.sparsities)
+  writer.writerow(['criterion'] + [f'{label} {field}' for label in labels for field in fields])
+  for criterion in (DENSE, *grid.criteria):
+    row = [criterion]
+    for sparsity in grid.sparsities:
+      summary = lookup(summaries, criterion, sparsity)
+      row += [_number(summary and summary.mean), _number(summary and summary.std), summary.n if summary else 0]
+      if paper:
+        theirs = _paper(config, criterion, sparsity)
+        row += [_number(theirs and theirs[0]), _number(theirs and theirs[1])]
+    writer.writerow(row)
+  return buffer.getvalue()

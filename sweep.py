@@ -1,0 +1,96 @@
+"""Run a grid of experiments, criterion x sparsity x seed (plus the dense network per seed), and tabulate it.
+
+  python sweep.py --config configs/<name>.py --criteria=prospr,snip --sparsities=paper --seeds=3
+
+Each cell is a normal prune.py (or, dense, train.py) run in <workdir>/cells/...;
+finished cells are skipped, so rerunning the same command continues a stopped
+sweep. Writes results.jsonl, table.md, table.csv and accuracy_vs_sparsity.{png,pdf}.
+"""
+
+import os
+import pathlib
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from prospr_jax import entry, flag_parsing, sweep
+
+_CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of every cell (relative to the current '
+                                          'folder, else to this script\'s); --config.<field>=<value> overrides it.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (default: workdir/<config name>_sweep).')
+_CRITERIA = flags.DEFINE_string('criteria', None, 'Comma-separated criteria (prospr,snip,...), or all.')
+_SPARSITIES = flags.DEFINE_string('sparsities', 'paper', 'Comma-separated sparsities in [0, 1), or paper (1 - 0.8^k, '
+                                  'k = 1..18: 20.0% ... 98.2%), or both: paper,0.993,0.995.')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds per cell (seeds 0 to N - 1).')
+_BUDGET = flags.DEFINE_float('budget_minutes', None, 'Start no cell after this many minutes (none is cut short); '
+                             'rerunning the same command continues.')
+_PRINT = flags.DEFINE_bool('print_commands', False, 'Print one shell command per unfinished cell (and the final '
+                           '--aggregate_only one) instead of running them.')
+_AGGREGATE = flags.DEFINE_bool('aggregate_only', False, 'Only rebuild results.jsonl, the tables and the figure from '
+                               'the finished cells.')
+_CACHE = flags.DEFINE_string('compilation_cache', None, 'JAX persistent compilation cache folder (default: '
+                             '<workdir>/jax_cache; "" turns it off).')
+
+
+def _default_workdir(config_filename: str) -> pathlib.Path:
+  file, _, variant = config_filename.partition(':')
+  return pathlib.Path('workdir') / (pathlib.Path(file).stem + (f'_{variant}' if variant else '') + '_sweep')
+
+
+def _print_table(workdir: pathlib.Path) -> None:
+  if jax.process_index() == 0:
+    print((workdir / 'table.md').read_text(), flush=True)
+
+
+def _run(config_filename: str, workdir: pathlib.Path) -> None:
+  config = _CONFIG.value
+  if getattr(flags.FLAGS, 'start_over', False):
+    raise ValueError('--start_over: a sweep never deletes its cells; use another --workdir, or delete the cell '
+                     'folders to rerun')
+  if _AGGREGATE.value:
+    sweep.aggregate(workdir, config)
+    _print_table(workdir)
+    return
+  if not _CRITERIA.value:
+    raise ValueError('--criteria is required: a comma-separated list (prospr,snip,...) or all')
+  grid = sweep.make_grid(_CRITERIA.value, _SPARSITIES.value, _SEEDS.value)
+  sweep.validate_sweep(config, grid)
+  entry.check_workdir(workdir)
+  cache = str(workdir / 'jax_cache') if _CACHE.value is None else _CACHE.value
+  if _PRINT.value:
+    commands = sweep.pending_commands(config, grid, workdir, config_filename, sweep.config_overrides(sys.argv[1:]),
+                                      script_dir=os.path.dirname(sys.argv[0]), cache_dir=cache or None)
+    print('\n'.join(commands), flush=True)
+    return
+  if cache:
+    sweep.enable_compilation_cache(cache)
+  outcome = sweep.run_sweep(config, grid.criteria, grid.sparsities, grid.seeds, workdir,
+                            budget_minutes=_BUDGET.value)
+  _print_table(workdir)
+  if outcome.remaining and jax.process_index() == 0:
+    print(f'{outcome.remaining} of {outcome.total} cells remain (budget spent): rerun the same command to continue',
+          flush=True)
+
+
+def main(argv):
+  del argv
+  entry.initialize_distributed()
+  entry.configure_logging()
+  config_filename = config_flags.get_config_filename(flags.FLAGS['config'])
+  workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config_filename)
+  try:
+    _run(config_filename, workdir)
+  except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
+    failure = entry.failure_of(error, workdir)  # one line: user errors 2, a full disk 1, Ctrl-C 130
+    if failure is None:
+      raise
+    message = failure[0].replace('rerun the same command to resume', 'rerun the same command to continue the sweep;'
+                                 ' finished cells are kept, the interrupted one resumes')
+    flag_parsing.report(message)
+    sys.exit(failure[1])
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=flag_parsing.parse_flags)

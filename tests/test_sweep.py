@@ -1,0 +1,282 @@
+"""The sweep: a grid of normal runs that finishes, resumes, refuses another config, and tabulates and plots alike."""
+
+import csv
+import json
+import logging
+import os
+import pathlib
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from prospr_jax import paper_numbers, sweep
+from prospr_jax.criteria import registry
+from prospr_jax.sweep import cells as cells_lib, commands, figure, grid as grid_lib, runner, table
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CRITERIA, SPARSITIES, SEEDS = 'magnitude,random', '0.5,0.9', 2  # data-free criteria: fast
+CELLS = 2 * 2 * 2 + 2  # criteria x sparsities x seeds, and dense per seed
+OVERRIDES = ['--config.num_epochs=1']
+
+
+def base_config():
+  from configs import default
+  config = default.get_config()
+  config.num_epochs = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  """A workdir holding the whole tiny grid, run once for the module."""
+  workdir = tmp_path_factory.mktemp('sweep')
+  outcome = sweep.run_sweep(base_config(), CRITERIA, SPARSITIES, SEEDS, workdir)
+  return workdir, outcome
+
+
+def copy_of(workdir, tmp_path, *removed_cells):
+  """A copy of the finished workdir without the given cells' folders."""
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  for cell in removed_cells:
+    shutil.rmtree(cell.directory(copy))
+  return copy
+
+
+def run_python(*args, env=None):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+                        env=env)
+
+
+def results_rows(workdir):
+  return [json.loads(line) for line in (workdir / 'results.jsonl').read_text().splitlines()]
+
+
+def csv_rows(workdir):
+  with open(workdir / 'table.csv', newline='') as file:
+    return {row['criterion']: row for row in csv.DictReader(file)}
+
+
+def finished_results(workdir):
+  return sorted(workdir.glob('cells/**/results.json'))
+
+
+def test_every_cell_finishes_with_one_results_row_each(finished):
+  workdir, outcome = finished
+  assert (outcome.total, outcome.ran, outcome.remaining) == (CELLS, CELLS, 0)
+  rows = results_rows(workdir)
+  assert len(rows) == CELLS == len(finished_results(workdir))
+  assert {(r['criterion'], r['sparsity'], r['seed']) for r in rows} == {
+      (c.criterion, c.sparsity, c.seed) for c in sweep.make_grid(CRITERIA, SPARSITIES, SEEDS).cells()}
+  assert (workdir / 'cells/magnitude/sparsity_0.900/seed_1/results.json').exists()
+  assert (workdir / 'cells/dense/seed_0/results.json').exists()
+  pruned = next(r for r in rows if r['criterion'] == 'random' and r['sparsity'] == 0.9)
+  dense = next(r for r in rows if r['criterion'] == 'dense')
+  assert pruned['weight_sparsity'] == pytest.approx(0.9, abs=1e-3) and dense['weight_sparsity'] == 0.0
+  assert pruned['kept_weights'] == pytest.approx(0.1 * dense['kept_weights'], abs=1)
+  assert len(pruned['config_hash']) == 12 and pruned['pruning_seconds'] > 0 and pruned['training_seconds'] > 0
+  assert 0 <= pruned['top5'] <= 1 and pruned['top1'] <= pruned['top5']
+
+
+def test_table_holds_mean_and_sample_std_over_seeds(finished):
+  workdir, _ = finished
+  rows, table_csv, markdown = results_rows(workdir), csv_rows(workdir), (workdir / 'table.md').read_text()
+  for criterion, sparsity, label in (('magnitude', 0.9, '90.0'), ('random', 0.5, '50.0'), ('dense', 0.0, '90.0')):
+    top1 = [100 * r['top1'] for r in rows if r['criterion'] == criterion and r['sparsity'] == sparsity]
+    mean, std = statistics.fmean(top1), statistics.stdev(top1)
+    assert float(table_csv[criterion][f'{label} mean']) == pytest.approx(mean, abs=1e-4)
+    assert float(table_csv[criterion][f'{label} std']) == pytest.approx(std, abs=1e-4)
+    assert table_csv[criterion][f'{label} n'] == '2'
+    assert f'{mean:.2f} ± {std:.2f} (n=2)' in markdown
+  assert '| Sparsity (%) | 50.0 | 90.0 |' in markdown
+
+
+def test_figure_points_equal_the_table(finished):
+  workdir, _ = finished
+  base, grid = sweep.record.read_sweep(workdir)
+  summaries = sweep.aggregate(workdir)
+  fig = figure.draw_figure(summaries, grid, base)
+  lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+  table_csv = csv_rows(workdir)
+  for criterion in ('magnitude', 'random'):
+    x, y = lines[criterion].get_data()
+    assert list(x) == [figure.sparsity_position(0.5), figure.sparsity_position(0.9)] == [pytest.approx(0.30103), 1.0]
+    assert list(y) == [summaries[(criterion, s)].mean for s in (0.5, 0.9)]
+    assert list(y) == pytest.approx([float(table_csv[criterion][f'{s} mean']) for s in ('50.0', '90.0')], abs=1e-4)
+  assert set(lines['dense'].get_ydata()) == {summaries[('dense', 0.0)].mean}
+  for suffix in ('png', 'pdf'):
+    assert (workdir / f'{figure.FIGURE_NAME}.{suffix}').stat().st_size > 1000
+
+
+def test_rerun_skips_every_finished_cell_and_keeps_the_table(finished):
+  workdir, _ = finished
+  before = {path: path.stat().st_mtime_ns for path in finished_results(workdir)}
+  markdown = (workdir / 'table.md').read_text()
+  outcome = sweep.run_sweep(base_config(), CRITERIA, SPARSITIES, SEEDS, workdir)
+  assert (outcome.skipped, outcome.ran, outcome.remaining) == (CELLS, 0, 0)
+  assert {path: path.stat().st_mtime_ns for path in finished_results(workdir)} == before
+  assert (workdir / 'table.md').read_text() == markdown
+
+
+def test_budget_stops_between_cells_and_the_resumed_sweep_gives_the_same_table(finished, tmp_path):
+  workdir, _ = finished
+  removed = (sweep.Cell('dense', 0.0, 1), sweep.Cell('random', 0.9, 1))
+  copy = copy_of(workdir, tmp_path, *removed)
+  stopped = sweep.run_sweep(base_config(), CRITERIA, SPARSITIES, SEEDS, copy, budget_minutes=1e-4)
+  assert (stopped.ran, stopped.remaining) == (1, 1)  # the first cell runs whole; none starts after the budget
+  assert cells_lib.is_finished(removed[0], copy) and not cells_lib.is_finished(removed[1], copy)
+  assert '| random | ' in (copy / 'table.md').read_text() and '(n=1)' in (copy / 'table.md').read_text()
+  resumed = sweep.run_sweep(base_config(), CRITERIA, SPARSITIES, SEEDS, copy)
+  assert (resumed.skipped, resumed.ran, resumed.remaining) == (CELLS - 1, 1, 0)
+  for name in ('table.md', 'table.csv'):
+    assert (copy / name).read_text() == (workdir / name).read_text()
+
+
+def test_changed_base_config_is_refused_in_one_line_and_keeps_every_cell(finished):
+  workdir, _ = finished
+  before = finished_results(workdir)
+  config = base_config()
+  config.learning_rate = 0.05
+  with pytest.raises(sweep.SweepConfigError, match=r'learning_rate: 0\.1 there, 0\.05 now') as refusal:
+    sweep.run_sweep(config, CRITERIA, SPARSITIES, SEEDS, workdir)
+  assert '\n' not in str(refusal.value)
+  assert finished_results(workdir) == before and len(results_rows(workdir)) == CELLS
+
+
+def test_adding_to_the_grid_is_allowed_and_the_table_keeps_the_recorded_cells(finished, tmp_path):
+  copy = copy_of(finished[0], tmp_path)
+  commands_out = sweep.pending_commands(base_config(), sweep.make_grid('magnitude', '0.5,0.95', 3), copy,
+                                        'configs/default.py', OVERRIDES)
+  assert len(commands_out) == 1 + 1 + 3 + 1  # seeds 0, 1: 95%; seed 2: dense, 50%, 95%; and the aggregation
+  assert sweep.record.read_sweep(copy)[1] == grid_lib.Grid(('magnitude', 'random'), (0.5, 0.9, 0.95), 3)
+
+
+def test_print_commands_lists_only_unfinished_cells(finished, tmp_path):
+  copy = copy_of(finished[0], tmp_path, sweep.Cell('dense', 0.0, 0), sweep.Cell('random', 0.5, 1))
+  printed = sweep.pending_commands(base_config(), sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), copy,
+                                   'configs/default.py', OVERRIDES)
+  assert printed == [
+      ('python train.py --config configs/default.py --config.num_epochs=1 --config.seed=0 '
+       f'--config.compare_dense=False --workdir {copy}/cells/dense/seed_0'),
+      ('python prune.py --config configs/default.py --config.num_epochs=1 --config.criterion=random '
+       '--config.prune.sparsity=0.5 --config.seed=1 --config.compare_dense=False '
+       f'--workdir {copy}/cells/random/sparsity_0.500/seed_1'),
+      f'python sweep.py --config configs/default.py --config.num_epochs=1 --workdir {copy} --aggregate_only']
+
+
+def test_printed_prune_command_reruns_its_cell_to_the_same_accuracy(finished, tmp_path):
+  cell = sweep.Cell('magnitude', 0.5, 1)
+  copy = copy_of(finished[0], tmp_path, cell)
+  env = {**os.environ, 'JAX_ENABLE_X64': '1'}  # float64, as tests/conftest.py runs the sweep in this process
+  printed = run_python('sweep.py', '--config', 'configs/default.py', '--config.num_epochs', '1',
+                       f'--criteria={CRITERIA}', f'--sparsities={SPARSITIES}', f'--seeds={SEEDS}', f'--workdir={copy}',
+                       '--print_commands', env=env)
+  assert printed.returncode == 0, printed.stderr[-3000:]
+  lines = printed.stdout.splitlines()
+  assert len(lines) == 2 and lines[1].endswith('--aggregate_only')
+  words = shlex.split(lines[0])
+  assert words[0].startswith('JAX_COMPILATION_CACHE_DIR=') and words[1:3] == ['python', 'prune.py']
+  assert '--config.num_epochs=1' in words and '--config.criterion=magnitude' in words
+  cache_variable, cache_dir = words[0].split('=', 1)
+  ran = run_python(*words[2:], env={**env, cache_variable: cache_dir})
+  assert ran.returncode == 0, ran.stderr[-3000:]
+  ours = json.loads((cell.directory(copy) / 'results.json').read_text())['pruned']
+  theirs = json.loads((cell.directory(finished[0]) / 'results.json').read_text())['pruned']
+  assert ours['eval_top1'] == theirs['eval_top1'] and ours['eval_loss'] == pytest.approx(theirs['eval_loss'], rel=1e-9)
+
+
+def test_cli_refuses_a_changed_base_config_with_one_error_line(finished):
+  workdir, _ = finished
+  done = run_python('sweep.py', '--config=configs/default.py', '--config.num_epochs=1', '--config.learning_rate=0.05',
+                    f'--criteria={CRITERIA}', f'--sparsities={SPARSITIES}', f'--seeds={SEEDS}', f'--workdir={workdir}')
+  assert done.returncode == 2
+  errors = [line for line in done.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'learning_rate' in errors[0] and 'another base config' in errors[0]
+  assert len(finished_results(workdir)) == CELLS
+
+
+def test_a_dense_cell_trained_by_train_py_counts_as_finished(tmp_path):
+  cell = sweep.Cell('dense', 0.0, 0)
+  cell_dir = cell.directory(tmp_path)
+  cell_dir.mkdir(parents=True)
+  (cell_dir / 'config.json').write_text(json.dumps({'num_epochs': 2}))
+  rows = [{'epoch': 1, 'step': 10, 'eval_top1': 0.5, 'eval_top5': 0.9}]
+  (cell_dir / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  assert not cells_lib.is_finished(cell, tmp_path)
+  rows.append({'epoch': 2, 'step': 20, 'eval_top1': 0.75, 'eval_top5': 0.95})
+  (cell_dir / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  row = cells_lib.cell_row(cell, tmp_path)
+  assert (row['top1'], row['top5'], row['weight_sparsity'], row['cell']) == (0.75, 0.95, 0.0, 'cells/dense/seed_0')
+
+
+def test_unknown_criterion_lists_the_valid_names():
+  with pytest.raises(ValueError, match=r"unknown criterion 'prosper'; valid names: all, force, grasp") as refusal:
+    sweep.parse_criteria('snip,prosper')
+  assert 'synflow' in str(refusal.value)
+  assert sweep.parse_criteria('all') == tuple(registry.CRITERIA)
+
+
+@pytest.mark.parametrize('text, complaint', [('0.5,1.5', r'in \[0, 1\).*got 1.5'), ('0.5,1', 'got 1'),
+                                             ('-0.1', 'got -0.1'), ('0.9,ninety', "cannot read 'ninety'"),
+                                             ('', "cannot read ''")])
+def test_bad_sparsities_are_refused_with_the_fix(text, complaint):
+  with pytest.raises(ValueError, match=complaint):
+    sweep.parse_sparsities(text)
+
+
+def test_seeds_below_one_are_refused():
+  with pytest.raises(ValueError, match='--seeds must be >= 1'):
+    sweep.make_grid('snip', '0.9', 0)
+
+
+def test_a_budget_that_is_not_positive_is_refused_before_anything_is_written(tmp_path):
+  with pytest.raises(ValueError, match='--budget_minutes must be > 0'):
+    sweep.run_sweep(base_config(), 'snip', '0.9', 1, tmp_path / 'sweep', budget_minutes=0)
+  assert not (tmp_path / 'sweep').exists()
+
+
+def test_paper_sparsities_are_one_minus_point_eight_to_the_k_printed_as_the_paper_does():
+  grid = sweep.parse_sparsities('paper,0.993,0.9932')
+  assert grid[:18] == sweep.PAPER_SPARSITIES and grid[0] == 0.2 and grid[17] == pytest.approx(1 - 0.8 ** 18, abs=1e-6)
+  assert table.sparsity_labels(grid) == ['20.0', '36.0', '48.8', '59.0', '67.2', '73.8', '79.0', '83.2', '86.6',
+                                         '89.3', '91.4', '93.1', '94.5', '95.6', '96.5', '97.2', '97.7', '98.2',
+                                         '99.30', '99.32']
+  assert grid_lib.sparsity_folder(0.9) == 'sparsity_0.900' and grid_lib.sparsity_folder(0.5904) == 'sparsity_0.5904'
+
+
+def test_paper_numbers_hold_the_full_rows_of_appendix_b_beside_ours():
+  assert {key: sorted(rows) for key, rows in paper_numbers.PAPER_TOP1.items()} == {
+      ('resnet20', 'cifar10'): ['grasp', 'magnitude', 'magnitude_after_training', 'prospr', 'random', 'snip',
+                                'synflow'],
+      ('vgg16', 'cifar10'): ['lottery_ticket_rewinding', 'magnitude', 'prospr', 'snip'],
+      ('resnet18', 'tiny_imagenet'): ['magnitude', 'magnitude_after_training', 'prospr', 'snip', 'synflow']}
+  assert all(len(row) == 18 for rows in paper_numbers.PAPER_TOP1.values() for row in rows.values())
+  assert paper_numbers.paper_top1('vgg16', 'cifar10', 'prospr', sweep.PAPER_SPARSITIES[-1]) == (91.6, 0.4)
+  assert paper_numbers.paper_top1('vgg16', 'cifar10', 'prospr', 0.9) is None
+  grid = grid_lib.Grid(('prospr',), (sweep.PAPER_SPARSITIES[0], 0.9), 2)
+  summaries = {('prospr', 0.2): table.Summary(93.5, 0.25, 2)}
+  markdown = table.table_markdown(summaries, grid, {'model': 'vgg16', 'dataset': 'cifar10', 'num_epochs': 200})
+  assert '| prospr | 93.50 ± 0.25 (n=2) [paper: 93.7 ± 0.2] | — |' in markdown
+  assert '| dense | — | — |' in markdown
+
+
+def test_config_overrides_are_passed_through_in_one_form():
+  argv = ['--config', 'c.py', '--config.num_epochs', '1', '-config.prune.batch_size=32', '--seeds=2',
+          '--config.learning_rate=-1']
+  assert commands.config_overrides(argv) == ['--config.num_epochs=1', '--config.prune.batch_size=32',
+                                             '--config.learning_rate=-1']
+
+
+def test_progress_logs_cells_done_elapsed_and_time_left(caplog):
+  logger = logging.getLogger(runner.__name__)
+  logger.addHandler(caplog.handler)
+  try:
+    with caplog.at_level(logging.INFO, logger=runner.__name__):
+      runner._log_progress(3, 10, [8.0, 2.0, 2.0], 12.0, 7)  # pylint: disable=protected-access
+  finally:
+    logger.removeHandler(caplog.handler)
+  assert '3 of 10 cells done; elapsed 0:00:12, about 0:00:28 left' in caplog.text
