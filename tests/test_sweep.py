@@ -280,3 +280,14 @@ def test_progress_logs_cells_done_elapsed_and_time_left(caplog):
   finally:
     logger.removeHandler(caplog.handler)
   assert '3 of 10 cells done; elapsed 0:00:12, about 0:00:28 left' in caplog.text
+
+
+def test_a_criterion_that_empties_a_layer_is_recorded_as_layer_collapse_and_the_sweep_goes_on(tmp_path):
+  """Layer collapse is a result of the criterion (chance accuracy), not a failure that stops the sweep."""
+  outcome = sweep.run_sweep(base_config(), 'magnitude', '0.5,0.9999', 1, tmp_path)
+  assert outcome.remaining == 0
+  rows = {row['sparsity']: row for row in results_rows(tmp_path)}
+  assert 'would remove every weight' in rows[0.9999]['collapsed'] and rows[0.9999]['top1'] is None
+  assert rows[0.5]['top1'] is not None and 'collapsed' not in rows[0.5]
+  assert 'layer collapse in 1/1' in (tmp_path / 'table.md').read_text()
+  assert sweep.run_sweep(base_config(), 'magnitude', '0.5,0.9999', 1, tmp_path).ran == 0  # finished, not retried

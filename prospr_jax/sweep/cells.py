@@ -1,7 +1,8 @@
 """One cell of a sweep: run it as a normal experiment in its own workdir, tell whether it finished, read its row.
 
 A cell is finished when its ``results.json`` exists: ``prune_and_train`` writes
-it last, and the sweep writes one for the dense cell. A dense cell trained by
+it last, and the sweep writes one for the dense cell, and one for a cell whose
+criterion empties a layer (layer collapse: recorded as the cell's result). A dense cell trained by
 ``train.py`` (a printed command) has none; it is finished when its
 ``metrics.jsonl`` reaches ``num_epochs``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import pathlib
 import time
@@ -20,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prospr_jax import data, experiment, files, workdir as workdir_lib
+from prospr_jax import data, experiment, files, masks as masks_lib, workdir as workdir_lib
 from prospr_jax.models import conv as conv_lib, get_model
 from prospr_jax.sweep.grid import DENSE, Cell
 
 RESULTS_FILE = 'results.json'
 CELL_FILE = 'cell.json'
 METRICS_FILE = 'metrics.jsonl'
+log = logging.getLogger(__name__)
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def final_results(cell: Cell, cell_dir: pathlib.Path) -> tuple[dict[str, Any], d
   """``(results, final eval row)`` of a finished cell, None for an unfinished one."""
   results = _read_json(cell_dir / RESULTS_FILE)
   if results:
-    return results, results.get('pruned') or results[DENSE]
+    return results, None if results.get('collapsed') else results.get('pruned') or results[DENSE]
   final = _completed_training(cell_dir) if cell.is_dense else None
   return None if final is None else ({'weight_sparsity': 0.0}, final)
 
@@ -67,6 +70,8 @@ def cell_row(cell: Cell, workdir: pathlib.Path) -> dict[str, Any] | None:
   if finished is None:
     return None
   results, final = finished
+  collapse = results.get('collapsed')
+  final = final or {'eval_top1': None, 'eval_top5': None}
   pruning_seconds = _read_json(cell_dir / 'pruning.json').get('seconds')
   cell_seconds = _read_json(cell_dir / CELL_FILE).get('seconds')
   training_seconds = None if cell_seconds is None else cell_seconds - (pruning_seconds or 0.0)
@@ -74,7 +79,7 @@ def cell_row(cell: Cell, workdir: pathlib.Path) -> dict[str, Any] | None:
           'seed': cell.seed, 'kept_weights': results.get('kept_weights'),
           'weight_sparsity': results.get('weight_sparsity'), 'top1': final['eval_top1'], 'top5': final['eval_top5'],
           'pruning_seconds': pruning_seconds, 'training_seconds': training_seconds, 'cell_seconds': cell_seconds,
-          'cell': str(cell_dir.relative_to(workdir))}
+          'cell': str(cell_dir.relative_to(workdir)), **({'collapsed': collapse} if collapse else {})}
 
 
 def prunable_weights(config: ml_collections.ConfigDict) -> int:
@@ -96,10 +101,16 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Pat
     results = {'criterion': DENSE, 'sparsity': 0.0, 'weight_sparsity': 0.0,
                'kept_weights': prunable_weights(config), DENSE: final}
   else:
-    experiment.prune_and_train(config, cell_dir)
+    try:
+      experiment.prune_and_train(config, cell_dir)
+      results = None
+    except masks_lib.LayerCollapseError as error:  # a result of the criterion, not a failure of the sweep
+      log.warning('sweep: %s: layer collapse, recorded as such (%s)', cell, error)
+      results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': str(error),
+                 'kept_weights': None, 'weight_sparsity': None}
   seconds = time.perf_counter() - start
   if jax.process_index() == 0:
     files.write_json(cell_dir / CELL_FILE, {'seconds': seconds})
-    if cell.is_dense:
+    if results is not None:
       files.write_json(cell_dir / RESULTS_FILE, results)  # last: it marks the cell finished
   return seconds

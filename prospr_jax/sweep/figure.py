@@ -29,7 +29,8 @@ def sparsity_position(sparsity: float) -> float:
 
 def series(summaries: dict[tuple[str, float], Summary], grid: Grid) -> dict[str, list[tuple[float, Summary]]]:
   """Per criterion, its finished ``(sparsity, summary)`` points in sparsity order."""
-  return {criterion: [(s, summary) for s in grid.sparsities if (summary := lookup(summaries, criterion, s))]
+  return {criterion: [(s, summary) for s in grid.sparsities
+                      if (summary := lookup(summaries, criterion, s)) and summary.mean is not None]
           for criterion in grid.criteria}
 
 

@@ -23,18 +23,26 @@ MISSING = '—'
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-  """Top-1 in % over the finished seeds of one criterion x sparsity."""
-  mean: float
+  """Top-1 in % over the finished seeds of one criterion x sparsity; seeds whose mask emptied a layer apart."""
+  mean: float | None  # None when every seed collapsed
   std: float | None  # sample std (ddof = 1); None for one seed
   n: int
+  collapsed: int = 0  # seeds where the criterion emptied a layer (layer collapse: no network to train)
 
 
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, float], Summary]:
   """``{(criterion, sparsity): Summary}`` of top-1 over seeds; the dense network is ``('dense', 0.0)``."""
   groups: dict[tuple[str, float], list[float]] = {}
+  collapsed: dict[tuple[str, float], int] = {}
   for row in rows:
-    groups.setdefault((row['criterion'], row['sparsity']), []).append(100.0 * row['top1'])
-  return {key: Summary(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    key = (row['criterion'], row['sparsity'])
+    groups.setdefault(key, [])
+    if row.get('collapsed'):
+      collapsed[key] = collapsed.get(key, 0) + 1
+    else:
+      groups[key].append(100.0 * row['top1'])
+  return {key: Summary(statistics.fmean(values) if values else None,
+                       statistics.stdev(values) if len(values) > 1 else None, len(values), collapsed.get(key, 0))
           for key, values in groups.items()}
 
 
@@ -56,8 +64,11 @@ def sparsity_labels(sparsities: Sequence[float]) -> list[str]:
 def format_summary(summary: Summary | None) -> str:
   if summary is None:
     return MISSING
+  collapse = f'layer collapse in {summary.collapsed}/{summary.n + summary.collapsed}' if summary.collapsed else ''
+  if summary.mean is None:
+    return collapse
   spread = '' if summary.std is None else f' ± {summary.std:.2f}'
-  return f'{summary.mean:.2f}{spread} (n={summary.n})'
+  return f'{summary.mean:.2f}{spread} (n={summary.n}{"; " + collapse if collapse else ""})'
 
 
 def _paper(config: dict[str, Any], criterion: str, sparsity: float) -> tuple[float, float] | None:
@@ -78,7 +89,9 @@ def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, conf
   """Rows: dense, then each criterion; columns: the sparsities; cells ``mean ± std (n)`` and the paper's."""
   paper = _has_paper_numbers(config)
   lines = [f'Top-1 accuracy (%) of {title(config, grid)}: mean ± sample std over seeds (n finished)'
-           + ('; [paper: mean ± std] from its appendix B.' if paper else '.'), '',
+           + ('; [paper: mean ± std] from its appendix B' if paper else '')
+           + '. Layer collapse: the mask emptied a layer, so the network outputs a constant (chance accuracy).',
+           '',
            '| Sparsity (%) | ' + ' | '.join(sparsity_labels(grid.sparsities)) + ' |',
            '|---' * (len(grid.sparsities) + 1) + '|']
   for criterion in (DENSE, *grid.criteria):
@@ -99,7 +112,7 @@ def _number(value: float | None) -> str:
 def table_csv(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
   """The markdown table in numbers: per sparsity label, ``mean``, ``std``, ``n`` (and the paper's mean and std)."""
   paper = _has_paper_numbers(config)
-  fields = ('mean', 'std', 'n') + (('paper mean', 'paper std') if paper else ())
+  fields = ('mean', 'std', 'n', 'collapsed') + (('paper mean', 'paper std') if paper else ())
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator='\n')
   labels = sparsity_labels(grid.sparsities)
@@ -108,7 +121,8 @@ def table_csv(summaries: dict[tuple[str, float], Summary], grid: Grid, config: d
     row = [criterion]
     for sparsity in grid.sparsities:
       summary = lookup(summaries, criterion, sparsity)
-      row += [_number(summary and summary.mean), _number(summary and summary.std), summary.n if summary else 0]
+      row += [_number(summary and summary.mean), _number(summary and summary.std), summary.n if summary else 0,
+              summary.collapsed if summary else 0]
       if paper:
         theirs = _paper(config, criterion, sparsity)
         row += [_number(theirs and theirs[0]), _number(theirs and theirs[1])]
