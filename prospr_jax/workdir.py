@@ -46,10 +46,18 @@ def flatten(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
+# Fields that change nothing unless another is true (compaction needs structured pruning): where the other is
+# false on both sides, they may differ, or be absent from a config recorded before they existed.
+MATTERS_ONLY_WITH = {'prune.compact': 'prune.structured'}
+
+
 def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """Dotted names of the fields whose values differ (or that only one side has)."""
+  """Dotted names of the fields whose values differ (or that only one side has) and matter."""
   old, new = flatten(recorded), flatten(current)
-  return sorted(key for key in old.keys() | new.keys() if old.get(key, '<absent>') != new.get(key, '<absent>'))
+  differing = (key for key in old.keys() | new.keys() if old.get(key, '<absent>') != new.get(key, '<absent>'))
+  return sorted(key for key in differing
+                if not (key in MATTERS_ONLY_WITH and not old.get(MATTERS_ONLY_WITH[key])
+                        and not new.get(MATTERS_ONLY_WITH[key])))
 
 
 def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, write: bool = True) -> None:

@@ -254,3 +254,12 @@ def test_nan_in_the_pruning_batches_is_blamed_on_the_data_not_on_inner_lr():
   batches = iter([{'image': np.full((4, 8, 8, 1), np.nan, np.float32), 'label': np.zeros(4, np.int32)}] * 2)
   with pytest.raises(ValueError, match='pruning batches .* hold NaN or Inf: check the dataset'):
     pruning._stacked_global_batches(batches, 2, sharding.make_mesh())
+
+
+def test_a_field_that_matters_only_with_another_may_be_absent_from_an_older_workdir(tmp_path):
+  recorded = small_config().to_dict()
+  recorded['prune'].pop('compact', None)  # a workdir made before compaction existed
+  (tmp_path / 'config.json').write_text(json.dumps(recorded))
+  workdir_lib.check_config(tmp_path, small_config())  # unstructured: compaction changes nothing
+  with pytest.raises(workdir_lib.WorkdirError, match='prune.structured'):
+    workdir_lib.check_config(tmp_path, small_config(**{'prune.structured': True}))
