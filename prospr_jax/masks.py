@@ -29,6 +29,10 @@ Path = tuple[str, ...]
 Prunable = Callable[[Path, Any], bool]
 
 
+class LayerCollapseError(ValueError):
+  """A mask would remove every weight of a layer, disconnecting the network (layer collapse)."""
+
+
 def is_none(x: Any) -> bool:
   """`is_leaf` for mask and score trees, whose unpruned leaves are ``None``."""
   return x is None
@@ -209,7 +213,7 @@ def global_topk_mask(scores: ArrayTree, sparsity: float, *, keep_one_per_layer: 
   emptied = [name for name, any_kept in zip(names, np.asarray(jnp.stack([jnp.any(m) for m in kept])))
              if not any_kept]
   if emptied:
-    raise ValueError(
+    raise LayerCollapseError(
         f'a global top-k mask at sparsity {sparsity} would remove every weight of {", ".join(emptied)}, '
         'disconnecting the network. Lower the sparsity, or keep one weight per layer (keep_one_per_layer=True; in a '
         'config, config.prune.keep_one_per_layer=True).')
