@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
       inner_lr=0.1,
       inner_momentum=0.0,
       first_order=False,
-      structured=False,         # one mask entry per output channel
+      structured=False,         # one mask entry per channel (a residual channel: one per stream, tied)
+      compact=True,             # structured: train the compact (narrower) network, not the masked one
       streamed=False,           # first-order ProsPr over a stream of batches (long inner loops)
       keep_one_per_layer=False,  # True: never empty a layer; False: refuse such a mask
       rounds=0,                 # iterative criteria (synflow, iterative_snip, force): 0 = their default

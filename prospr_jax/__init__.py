@@ -8,33 +8,47 @@ The core (``criteria``, ``masks``) works on any params pytree and any
   params = prospr_jax.apply_mask(params, masks)
 """
 
+from prospr_jax.channel_scores import score_channels
+from prospr_jax.channels import ChannelGroup, ChannelPlan
 from prospr_jax.criteria import (
-    CRITERIA,
-    ITERATIVE,
-    force_saliency,
-    get_criterion,
-    grasp_saliency,
-    iterative_snip_saliency,
-    magnitude_saliency,
-    prospr_meta_gradient,
-    prospr_saliency,
-    prospr_saliency_streamed,
-    random_saliency,
-    snip_saliency,
-    synflow_saliency,
+  CRITERIA,
+  ITERATIVE,
+  force_saliency,
+  get_criterion,
+  grasp_saliency,
+  iterative_snip_saliency,
+  magnitude_saliency,
+  prospr_meta_gradient,
+  prospr_saliency,
+  prospr_saliency_streamed,
+  random_saliency,
+  snip_saliency,
+  synflow_saliency,
+  three_sp_saliency,
 )
 from prospr_jax.distributions import DISTRIBUTIONS, make_mask
 from prospr_jax.losses import flax_apply_fn, flax_loss_fn, softmax_cross_entropy
 from prospr_jax.masks import (
-    all_ones_mask,
-    apply_mask,
-    default_prunable,
-    global_topk_mask,
-    layerwise_topk_mask,
-    load_masks,
-    ones_mask,
-    save_masks,
+  all_ones_mask,
+  apply_mask,
+  default_prunable,
+  global_topk_mask,
+  layerwise_topk_mask,
+  load_masks,
+  ones_mask,
+  save_masks,
 )
 from prospr_jax.sparsity import SparsityReport, sparsity_report
 
 __version__ = '0.1.0'
+
+_FLAX_FACE = {'compact': 'prospr_jax.compaction', 'load_compact': 'prospr_jax.compaction',
+              'channel_plan': 'prospr_jax.models.plans'}
+
+
+def __getattr__(name: str):
+  """Compaction and the zoo's channel plans import Flax: loaded on first use, so the core never needs it."""
+  if name in _FLAX_FACE:
+    import importlib
+    return getattr(importlib.import_module(_FLAX_FACE[name]), name)
+  raise AttributeError(f'module prospr_jax has no attribute {name!r}')

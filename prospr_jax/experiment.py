@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
+import json
 import logging
 import pathlib
 from collections.abc import Iterator
@@ -17,18 +17,18 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from chex import ArrayTree
 from jax.sharding import Mesh
 
 from prospr_jax import (
-  ablations,
+  cost,
   data,
   files,
-  losses,
   masks as masks_lib,
+  models,
+  pruned_network,
   pruning,
   seeds,
   sharding,
@@ -36,9 +36,7 @@ from prospr_jax import (
   validation,
   workdir as workdir_lib,
 )
-from prospr_jax.criteria import scores as scores_lib
 from prospr_jax.models import conv as conv_lib, get_model
-from prospr_jax.sparsity import sparsity_report
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +51,9 @@ class Setup:
   eval_source: Any
 
 
-@functools.lru_cache(maxsize=16)
-def _jitted_init(model: nn.Module):
-  return jax.jit(functools.partial(model.init, train=False))  # once per model (modules hash by value)
-
-
 def init_variables(model: nn.Module, info: data.DatasetInfo, key: jax.Array) -> ArrayTree:
   """The model's variables (params, BatchNorm statistics) drawn from ``key``."""
-  return _jitted_init(model)(key, jnp.zeros((1, *info.input_shape), jnp.float32))
+  return models.init_variables(model, info.input_shape, key)
 
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
@@ -106,67 +99,79 @@ def prune_and_train(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     setup = make_setup(config)
     mask_path = workdir / 'mask.npz'
     if mask_path.exists():  # written last by the pruning step, under this same config (check_config)
-      mask = masks_lib.load_masks(mask_path, setup.variables['params'])
+      mask = pruned_network.load_mask(config, setup, mask_path)
       log.info('Using the mask already in %s', mask_path)
     else:
       mask = pruning.prune(config, setup.model, setup.variables, setup.info, setup.train_source, setup.mesh,
                            workdir)
-    report = sparsity_report(mask, setup.variables['params'])
-    results: dict[str, Any] = {'criterion': config.criterion, 'sparsity': config.prune.sparsity,
-                               'weight_sparsity': 1.0 - report.density, 'kept_weights': report.kept}
+    results = mask_results(config, setup, mask)
+    pruned_setup, pruned_mask = pruned_network.build(config, setup, mask, workdir)  # compact: saved, measured
     if config.num_epochs == 0:
       return results
-    results['pruned'] = trainer.train(config, setup, mask, workdir / 'pruned', title=f'{config.criterion} pruned',
-                                      variables=_ablated_variables(config, setup, mask))
+    results['pruned'] = trainer.train(config, pruned_setup, pruned_mask, workdir / 'pruned',
+                                      title=f'{config.criterion} pruned')
     if config.compare_dense:
       results['dense'] = trainer.train(config, setup, masks_lib.all_ones_mask(setup.variables['params']),
                                        workdir / 'dense', title='dense')
     if jax.process_index() == 0:
       files.write_json(workdir / 'results.json', results)
       print(format_results(config, results), flush=True)
+      print_costs(workdir)
     return results
 
 
-def _ablated_variables(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree) -> ArrayTree:
-  """The pruned network's starting point: the initialisation, or for ``ablation='reinit'`` a new draw of it."""
-  if config.ablation != 'reinit':
-    return setup.variables
-  fresh = init_variables(setup.model, setup.info, seeds.reinit_ablation(config.seed))
-  return {**setup.variables, 'params': ablations.reinitialize(setup.variables['params'], mask, fresh['params'])}
+def mask_results(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree) -> dict[str, Any]:
+  """What the mask keeps: weights, and channels when structured."""
+  entries, weights = pruned_network.reports(config, setup, mask)
+  results = {'criterion': config.criterion, 'sparsity': config.prune.sparsity,
+             'weight_sparsity': 1.0 - weights.density, 'kept_weights': weights.kept}
+  if config.prune.structured:
+    results.update(channel_sparsity=1.0 - entries.density, kept_channels=entries.kept)
+  return results
+
+
+def print_costs(workdir: pathlib.Path) -> None:
+  """The dense and the compact network's costs side by side, if this run compacted."""
+  path = workdir / pruned_network.COST_FILE
+  if path.exists():
+    costs = json.loads(path.read_text())
+    print(f'dense against compact on {costs["device"]} (train step at batch {costs["batch_size"]}):\n'
+          + cost.comparison_table({name: costs[name] for name in ('dense', 'compact')}), flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-  """Train dense, or with the mask at ``config.mask_path`` (a ``mask.npz`` written by prune.py)."""
+  """Train dense, or with the mask at ``config.mask_path`` (a ``mask.npz`` written by prune.py); compact if
+  the mask is a channel mask (``config.prune.structured``) and ``config.prune.compact``."""
   workdir = pathlib.Path(workdir)
   with claimed(config, workdir):
     setup = make_setup(config)
     params = setup.variables['params']
-    mask = load_mask_for(config.mask_path, setup) if config.mask_path else masks_lib.all_ones_mask(params)
-    report = sparsity_report(mask, params)
-    log.info('Training with %.2f%% of the prunable weights (%s):\n%s', 100 * report.density,
-             config.mask_path or 'dense', report)
-    result = trainer.train(config, setup, mask, workdir, title='masked' if config.mask_path else 'dense')
+    mask = load_mask_for(config, setup) if config.mask_path else masks_lib.all_ones_mask(params)
+    entries, weights = pruned_network.reports(config, setup, mask)
+    log.info('Training with %.2f%% of the prunable weights (%s):\n%s', 100 * weights.density,
+             config.mask_path or 'dense', entries)
+    train_setup, train_mask = pruned_network.build(config, setup, mask, workdir) if config.mask_path else (setup, mask)
+    result = trainer.train(config, train_setup, train_mask, workdir, title='masked' if config.mask_path else 'dense')
     if jax.process_index() == 0:
-      print(format_results(config, {'pruned': result, 'weight_sparsity': 1.0 - report.density},
+      print(format_results(config, {'pruned': result, 'weight_sparsity': 1.0 - weights.density},
                            name='masked' if config.mask_path else 'dense'), flush=True)
+      print_costs(workdir)
     return result
 
 
-def load_mask_for(path: str, setup: Setup) -> ArrayTree:
-  """The mask at ``path``, refused unless it names every prunable layer of this model with its exact shape.
-
-  A weight mask covers every kernel; a channel mask every kernel but the classifier.
-  """
+def load_mask_for(config: ml_collections.ConfigDict, setup: Setup) -> ArrayTree:
+  """The mask at ``config.mask_path``: a channel mask fitting the model's plan when ``config.prune.structured``,
+  else a weight mask naming every prunable layer with its exact shape."""
+  if config.prune.structured:
+    return pruned_network.load_mask(config, setup, config.mask_path)
   params = setup.variables['params']
-  loaded = masks_lib.load_masks(path, params)
+  loaded = masks_lib.load_masks(config.mask_path, params)
   per_channel = jax.tree.map(lambda m, p: None if m is None else np.shape(m) != np.shape(p), loaded, params,
                              is_leaf=masks_lib.is_none)
-  if not any(jax.tree.leaves(per_channel)):
-    return masks_lib.load_masks(path, params, template=masks_lib.ones_mask(params))
-  example = {'image': np.zeros((1, *setup.info.input_shape), np.float32), 'label': np.zeros((1,), np.int32)}
-  template = scores_lib.mask_variables(params, example, loss_fn=losses.flax_loss_fn(setup.model, setup.variables),
-                                       structured=True, prunable=None)
-  return masks_lib.load_masks(path, params, template=template)
+  if any(jax.tree.leaves(per_channel)):
+    raise ValueError(f'mask file {config.mask_path} holds one entry per channel: train it with '
+                     'config.prune.structured=True')
+  return masks_lib.load_masks(config.mask_path, params, template=masks_lib.ones_mask(params))
 
 
 def format_results(config: ml_collections.ConfigDict, results: dict[str, Any], name: str | None = None) -> str:

@@ -265,7 +265,8 @@ def save_masks(path: str | os.PathLike[str], masks: ArrayTree) -> None:
   files.write_bytes(path, buffer.getvalue())
 
 
-def _read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+  """``{name: array}`` of a mask file; FileNotFoundError or ValueError saying what to give instead."""
   path = epath.Path(path)
   if not path.exists() or path.is_dir():
     raise FileNotFoundError(f'mask file {path} {"is a folder" if path.exists() else "does not exist"}: give the '
@@ -293,7 +294,7 @@ def load_masks(path: str | os.PathLike[str], params: ArrayTree, *, template: Arr
   name exactly the template's layers with the template's shapes, so no layer
   silently trains dense.
   """
-  saved = _read_npz(path)
+  saved = read_npz(path)
   if not saved:
     raise ValueError(f'mask file {path} holds no layer: it is empty')
   not_binary = [name for name, m in saved.items() if not np.isin(m, (0, 1)).all()]

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prospr_jax import (
   ablations,
+  channel_scores,
   data,
   distributions,
   faults,
@@ -29,11 +30,13 @@ from prospr_jax import (
   losses,
   masks as masks_lib,
   plots,
+  pruned_network,
   seeds,
   sharding,
 )
-from prospr_jax.criteria import prospr as prospr_lib, registry
-from prospr_jax.sparsity import SparsityReport, sparsity_report
+from prospr_jax.criteria import prospr as prospr_lib, registry, structured
+from prospr_jax.models import plans
+from prospr_jax.sparsity import SparsityReport
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,9 @@ def mask_fn(config: ml_collections.ConfigDict):
 def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: ArrayTree = None) -> dict[str, Any]:
   """The keyword arguments of ``config.criterion``, read off its registry entry (and the model, for SynFlow)."""
   criterion = registry.get_criterion(config.criterion)
-  kwargs: dict[str, Any] = {'structured': config.prune.structured, 'invert': config.ablation == 'invert'}
+  kwargs: dict[str, Any] = {'invert': config.ablation == 'invert'}
+  if not config.prune.structured:  # structured scoring passes its own (channel_scores.score_channels)
+    kwargs['structured'] = False
   kwargs.update({key: config.prune[key] for key in criterion.settings})
   if criterion.seeded:
     kwargs['rng'] = seeds.random_criterion(config.seed)
@@ -84,18 +89,22 @@ def _stacked_global_batches(loader_iterator: Iterator[dict], count: int, mesh: M
 
 def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo,
                    source, mesh: Mesh) -> ArrayTree:
-  """Scores of ``config.criterion`` on M + 1 training batches (a stream for streamed first-order ProsPr)."""
+  """Scores of ``config.criterion`` on M + 1 training batches (a stream for streamed first-order ProsPr).
+
+  Structured: channel scores ``{group name: (channels,)}`` over the model's channel plan, tied channels scored
+  as one (``channel_scores.score_channels``).
+  """
   criterion = registry.get_criterion(config.criterion)
   loss_fn = loss_fn_for(config, model, variables)
   loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size,
                              seed=seeds.prune_data(config.seed), worker_count=config.worker_count)
   batches = iter(loader)
   params = sharding.replicate(variables['params'], mesh)
+  score = _scorer(config, model, params, loss_fn)
   if config.prune.streamed:  # validate_config allows it only for first-order ProsPr
-    scores = prospr_lib.prospr_saliency_streamed(
-        params, _global_batches(batches, mesh), loss_fn=loss_fn, num_steps=config.prune.num_steps,
-        inner_lr=config.prune.inner_lr, inner_momentum=config.prune.inner_momentum,
-        structured=config.prune.structured, log_every=max(1, config.prune.num_steps // 10))
+    scores = score(prospr_lib.prospr_saliency_streamed, _global_batches(batches, mesh), loss_fn=loss_fn,
+                   num_steps=config.prune.num_steps, inner_lr=config.prune.inner_lr,
+                   inner_momentum=config.prune.inner_momentum, log_every=max(1, config.prune.num_steps // 10))
     return ablations.invert_scores(scores) if config.ablation == 'invert' else scores
   # Data-free criteria read one batch, for the input shape and the output layer.
   count = config.prune.num_steps + 1 if criterion.needs_data else 1
@@ -103,7 +112,20 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   kwargs = criterion_kwargs(config, model, variables)
   if criterion.batches_per_round:  # round r >= 1 reads the next ``count`` batches of the same stream
     kwargs['round_batches'] = lambda r: _stacked_global_batches(batches, count, mesh)
-  return criterion(params, stacked, loss_fn=loss_fn, **kwargs)
+  if criterion.channel_costs and config.prune.structured:
+    first = jax.tree.map(lambda x: x[0], stacked)
+    plan = plans.channel_plan(model, params)
+    positions = structured.kernel_positions(loss_fn, params, first)
+    kwargs['channel_costs'] = channel_scores.channel_flops(plan, params, positions)
+  return score(criterion, stacked, loss_fn=loss_fn, **kwargs)
+
+
+def _scorer(config: ml_collections.ConfigDict, model, params: ArrayTree, loss_fn):
+  """``score(fn, batches, **kwargs)``: ``fn`` on the params, or on the model's channel plan when structured."""
+  if not config.prune.structured:
+    return lambda fn, batches, **kwargs: fn(params, batches, **kwargs)
+  plan = plans.channel_plan(model, params)
+  return lambda fn, batches, **kwargs: channel_scores.score_channels(fn, plan, params, batches, **kwargs)
 
 
 def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo, source,
@@ -124,10 +146,10 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
     masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(config.seed))
   sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
   seconds = time.perf_counter() - start
-  report = sparsity_report(masks, variables['params'])
+  report, weights = pruned_network.mask_reports(model, variables['params'], masks, config.prune.structured)
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
   if jax.process_index() == 0:
-    write_mask_artifacts(workdir, masks, report, config, seconds, scores)
+    write_mask_artifacts(workdir, masks, report, config, seconds, scores, weights)
   return masks
 
 
@@ -142,12 +164,19 @@ def mask_checksum(masks: ArrayTree) -> np.ndarray:
 
 
 def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: SparsityReport,
-                         config: ml_collections.ConfigDict, seconds: float, scores: ArrayTree) -> None:
-  """The pruning step's files; ``mask.npz`` last, so a workdir holding it holds all of them."""
+                         config: ml_collections.ConfigDict, seconds: float, scores: ArrayTree,
+                         weights: SparsityReport | None = None) -> None:
+  """The pruning step's files; ``mask.npz`` last, so a workdir holding it holds all of them.
+
+  Structured: the report counts channels, and its ``weights`` the kernel entries those channels own.
+  """
   masks_lib.save_masks(workdir / 'scores.npz', scores)
   choice = {'criterion': config.criterion, 'distribution': config.distribution, 'ablation': config.ablation,
             'sparsity': config.prune.sparsity, 'structured': config.prune.structured}
-  report.save_json(workdir / 'sparsity_report.json', **choice)
+  extra = {}
+  if weights is not None and weights is not report:
+    extra['weights'] = {k: v for k, v in weights.to_dict().items() if k != 'layers'}
+  report.save_json(workdir / 'sparsity_report.json', **choice, **extra)
   header = ', '.join(f'{key} {value}' for key, value in choice.items())
   files.write_text(workdir / 'sparsity_report.txt', f'{header}\n{report}\n')
   plots.plot_layer_density(report, workdir / 'layer_density.png',

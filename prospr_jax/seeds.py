@@ -10,6 +10,7 @@
 | ``shuffle_ablation`` | the per-layer permutation of ``ablation='shuffle'`` | ``seed + 3``        |
 | ``train_dropout``    | dropout while training, folded with the step     | ``fold_in(key(seed), 2)`` |
 | ``reinit_ablation``  | the fresh weights of ``ablation='reinit'``       | ``key(seed + 10_000)`` |
+| ``criterion_reinit`` | a criterion's ``initialization='reinit'`` (3SP)  | ``key(seed + 20_000)`` |
 
 The offsets are historical (changing them changes every published mask and
 result); what matters is that no two streams coincide where they must differ.
@@ -50,3 +51,7 @@ def train_dropout(seed: int) -> jax.Array:
 
 def reinit_ablation(seed: int) -> jax.Array:
   return jax.random.key(seed + 10_000)
+
+
+def criterion_reinit(seed: int) -> jax.Array:
+  return jax.random.key(seed + 20_000)

@@ -129,3 +129,45 @@ def test_distribution_and_ablation_are_chosen_by_name_and_recorded(tmp_path, dis
   report = json.loads((tmp_path / 'sparsity_report.json').read_text())
   assert (report['distribution'], report['ablation']) == (distribution, ablation)
   assert f'distribution {distribution}, ablation {ablation}' in (tmp_path / 'sparsity_report.txt').read_text()
+
+
+def structured_config(**overrides):
+  from configs import default
+  config = default.get_config()
+  config.num_epochs, config.compare_dense = 1, False
+  config.prune.update(structured=True, sparsity=0.5, num_steps=1, batch_size=16)
+  config.update(overrides)
+  return config
+
+
+def test_a_structured_run_compacts_trains_the_compact_network_reports_its_cost_and_resumes(tmp_path, caplog):
+  results = experiment.prune_and_train(structured_config(), tmp_path)
+  assert results['kept_channels'] == 48 and results['channel_sparsity'] == 0.5 and results['pruned']['step'] == 22
+  mask = {name: np.asarray(m) for name, m in np.load(tmp_path / 'mask.npz').items()}
+  model, variables = prospr_jax.load_compact(tmp_path)
+  assert model.widths == (int(mask['Conv_0/kernel'].sum()), int(mask['Conv_1/kernel'].sum()))
+  trained = final_params(tmp_path / 'pruned')
+  jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), trained, variables['params'])
+  costs = json.loads((tmp_path / 'compaction.json').read_text())
+  assert costs['compact']['flops_per_example'] < 0.5 * costs['dense']['flops_per_example']
+  assert costs['compact']['parameters'] < costs['dense']['parameters']
+  assert {'train_step_seconds', 'images_per_second', 'peak_bytes', 'latency_batch_1_seconds',
+          'latency_batch_128_seconds'} <= set(costs['compact'])
+  caplog.set_level('INFO', logger='prospr_jax')
+  again = experiment.prune_and_train(structured_config(num_epochs=2), tmp_path)
+  assert 'Resumed from the checkpoint at step 22' in caplog.text and again['pruned']['step'] == 44
+
+
+def test_train_py_trains_a_structured_mask_masked_at_full_width_with_dead_channels_exactly_zero(tmp_path):
+  config = structured_config(num_epochs=0)
+  config.prune.compact = False
+  experiment.prune_and_train(config, tmp_path / 'prune')
+  config = structured_config(mask_path=str(tmp_path / 'prune' / 'mask.npz'))
+  config.prune.compact = False
+  experiment.train_and_evaluate(config, tmp_path / 'train')
+  params = final_params(tmp_path / 'train')
+  dead = ~np.load(tmp_path / 'prune' / 'mask.npz')['Conv_1/kernel']
+  assert dead.any() and not (tmp_path / 'train' / 'compact.json').exists()
+  for layer, key in (('Conv_1', 'kernel'), ('BatchNorm_1', 'scale'), ('BatchNorm_1', 'bias')):
+    assert not np.asarray(params[layer][key])[..., dead].any()
+  assert not np.asarray(params['Dense_0']['kernel'])[dead].any()

@@ -8,3 +8,4 @@ from prospr_jax.criteria.random import random_saliency
 from prospr_jax.criteria.registry import CRITERIA, ITERATIVE, get_criterion
 from prospr_jax.criteria.snip import snip_saliency
 from prospr_jax.criteria.synflow import synflow_saliency
+from prospr_jax.criteria.three_sp import three_sp_saliency

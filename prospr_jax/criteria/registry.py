@@ -26,6 +26,7 @@ from prospr_jax.criteria.prospr import prospr_saliency
 from prospr_jax.criteria.random import random_saliency
 from prospr_jax.criteria.snip import snip_saliency
 from prospr_jax.criteria.synflow import synflow_saliency
+from prospr_jax.criteria.three_sp import three_sp_saliency
 
 SaliencyFn = Callable[..., ArrayTree]
 
@@ -48,7 +49,9 @@ class Criterion:
   criteria (one batch is read for its shapes). ``seeded``: takes ``rng=``.
   ``needs_apply_fn``: takes the model's eval-mode ``apply_fn`` (SynFlow).
   ``batches_per_round``: takes ``round_batches(r)``, fresh batches for every round
-  (FORCE and Iter SNIP, as the authors' code draws them).
+  (FORCE and Iter SNIP, as the authors' code draws them). ``channel_costs``: takes
+  each mask entry's FLOPs (3SP). ``initialization``: how the pruned network starts,
+  ``'keep'`` its initial weights, ``'reinit'`` or ``'rescale'`` (``prospr_jax/initialization.py``).
   """
   fn: SaliencyFn
   settings: tuple[str, ...] = ()
@@ -57,6 +60,8 @@ class Criterion:
   seeded: bool = False
   needs_apply_fn: bool = False
   batches_per_round: bool = False
+  channel_costs: bool = False
+  initialization: str = 'keep'
 
   @property
   def default_rounds(self) -> int | None:
@@ -88,6 +93,9 @@ CRITERIA: dict[str, Criterion] = {
     'force': Criterion(force_saliency, batches_per_round=True),
     'magnitude': Criterion(magnitude_saliency, needs_data=False),
     'random': Criterion(random_saliency, needs_data=False, seeded=True),
+    'three_sp': Criterion(first_batch_only(three_sp_saliency), channel_costs=True),
+    'three_sp_reinit': Criterion(first_batch_only(three_sp_saliency), channel_costs=True, initialization='reinit'),
+    'three_sp_rescale': Criterion(first_batch_only(three_sp_saliency), channel_costs=True, initialization='rescale'),
 }
 ITERATIVE = frozenset(name for name, criterion in CRITERIA.items() if criterion.prunes_in_rounds)
 

@@ -1,8 +1,10 @@
-"""Structured pruning: one mask entry per output channel, the classifier left whole.
+"""Structured pruning: one mask entry per output channel, the classifier left whole; what a channel costs.
 
 Masking the classifier's output channels would delete classes, so by default
 the output layer, the last prunable kernel the forward pass uses, carries no
-mask. It is found by reading the order of first use off the loss's jaxpr.
+mask. It is found by reading the order of first use off the loss's jaxpr, as
+are the output positions of each kernel's convolution or matmul (a channel's
+FLOPs, for 3SP).
 """
 
 from __future__ import annotations
@@ -72,3 +74,43 @@ def channel_prunable(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree
     return masks_lib.default_prunable(path, leaf) and '/'.join(path) != head
 
   return prunable
+
+
+_PRODUCTS = ('conv_general_dilated', 'dot_general')
+_PASS_THROUGH = ('convert_element_type', 'reshape', 'copy', 'copy_p')
+
+
+def _positions(jaxpr: Any, origin: dict[Any, int], batch_size: int, leaves: list[Any], found: dict[int, float]) -> None:
+  for eqn in jaxpr.eqns:
+    sub = _sub_jaxpr(eqn)
+    if sub is not None:
+      inner = {v_in: origin[v] for v, v_in in zip(eqn.invars, sub.invars) if isinstance(v, jex.Var) and v in origin}
+      _positions(sub, inner, batch_size, leaves, found)
+      continue
+    sources = [origin[v] for v in eqn.invars if isinstance(v, jex.Var) and v in origin]
+    if not sources:
+      continue
+    if eqn.primitive.name in _PRODUCTS:
+      out = eqn.outvars[0].aval
+      found.setdefault(sources[-1], out.size / (batch_size * jax.numpy.shape(leaves[sources[-1]])[-1]))
+    elif eqn.primitive.name in _PASS_THROUGH:
+      origin[eqn.outvars[0]] = sources[0]
+
+
+def kernel_positions(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree, batch: Any) -> dict[str, float]:
+  """Per kernel (``ndim > 1``) the loss uses in a conv or a matmul: its output positions per example (H * W, 1).
+
+  Read off the loss's jaxpr; ``batch``'s leading axis is the batch. A channel of
+  kernel ``w`` then costs ``2 * positions * w.size / C_out`` FLOPs per example.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  names = [masks_lib.layer_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  abstract = lambda x: jax.ShapeDtypeStruct(jax.numpy.shape(x), jax.numpy.result_type(x))
+  with jax.disable_jit():
+    closed = jax.make_jaxpr(lambda ls, b: loss_fn(jax.tree.unflatten(treedef, ls), b))(
+        [abstract(x) for x in leaves], jax.tree.map(abstract, batch))
+  batch_size = jax.numpy.shape(jax.tree.leaves(batch)[0])[0]
+  found: dict[int, float] = {}
+  origin = {v: i for i, v in enumerate(closed.jaxpr.invars[:len(leaves)]) if jax.numpy.ndim(leaves[i]) > 1}
+  _positions(closed.jaxpr, origin, batch_size, leaves, found)
+  return {names[i]: positions for i, positions in found.items()}

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from chex import ArrayTree
 
 from prospr_jax.models.lenet import LeNet5, LeNet300100
 from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet20
@@ -33,3 +36,13 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; valid names: {", ".join(sorted(MODELS))}')
   return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: nn.Module):
+  return jax.jit(functools.partial(model.init, train=False))  # once per model (modules hash by value)
+
+
+def init_variables(model: nn.Module, input_shape: tuple[int, ...], key: jax.Array) -> ArrayTree:
+  """The model's variables (params, BatchNorm statistics) for inputs of ``input_shape``, drawn from ``key``."""
+  return _jitted_init(model)(key, jnp.zeros((1, *input_shape), jnp.float32))

@@ -21,12 +21,13 @@ from prospr_jax.models.pooling import max_pool_2x2
 class LeNet300100(nn.Module):
   """LeNet-300-100: an MLP 784-300-100-classes with ReLU; 266,610 params for 10 classes."""
   num_classes: int = 10
+  widths: tuple[int, int] = (300, 100)  # hidden units (compaction narrows them)
   conv_general_dilated: Callable[..., Any] | None = None  # unused: the registry passes it to every model
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
-    for features in (300, 100):
+    for features in self.widths:
       x = nn.relu(torch_dense(features, x.shape[-1])(x))
     return torch_dense(self.num_classes, x.shape[-1])(x)
 
@@ -38,15 +39,16 @@ class LeNet5(nn.Module):
   prototxt has no ReLU after the convs; the PyTorch reimplementations that SNIP-style papers run add it.
   """
   num_classes: int = 10
+  widths: tuple[int, int, int] = (20, 50, 500)  # the two convs' channels and the hidden Dense's units
   conv_general_dilated: Callable[..., Any] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    for features in (20, 50):
+    for features in self.widths[:2]:
       fan_in = 5 * 5 * x.shape[-1]
       x = nn.Conv(features, (5, 5), padding='VALID', kernel_init=torch_default_kernel,
                   bias_init=torch_default_bias(fan_in), conv_general_dilated=self.conv_general_dilated)(x)
       x = max_pool_2x2(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(torch_dense(500, x.shape[-1])(x))
+    x = nn.relu(torch_dense(self.widths[2], x.shape[-1])(x))
     return torch_dense(self.num_classes, x.shape[-1])(x)

@@ -14,6 +14,12 @@
   stride-1 stem and no max-pool.
 
 BatchNorm everywhere: scale 1, bias 0 (PyTorch's default and flax's).
+
+Widths (what compaction, ``prospr_jax.compaction``, sets): ``stage_widths`` are
+the residual streams' channels, ``block_widths`` each block's inner convs';
+ResNet-20's ``shortcut_pads`` say how many zero channels its option-A shortcut
+puts below and above the previous stream. Shortcut kinds (identity, projection,
+zero-pad) follow the dense layout, never the widths, so a narrow net keeps them.
 """
 
 from __future__ import annotations
@@ -44,17 +50,22 @@ class OptionABlock(nn.Module):
   features: int
   stride: int
   conv_general_dilated: Callable[..., Any] | None = None
+  inner: int | None = None  # the first conv's channels (default: features)
+  pad: tuple[int, int] | None = None  # zero channels below / above the input (default: split evenly)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = lambda s: nn.Conv(self.features, (3, 3), strides=s, padding=1, use_bias=False,
-                             kernel_init=he_normal_fan_in, conv_general_dilated=self.conv_general_dilated)
-    y = nn.relu(_norm(train)(conv(self.stride)(x)))
-    y = _norm(train)(conv(1)(y))
+    conv = lambda n, s: nn.Conv(n, (3, 3), strides=s, padding=1, use_bias=False,
+                                kernel_init=he_normal_fan_in, conv_general_dilated=self.conv_general_dilated)
+    y = nn.relu(_norm(train)(conv(self.inner or self.features, self.stride)(x)))
+    y = _norm(train)(conv(self.features, 1)(y))
     if self.stride != 1 or x.shape[-1] != self.features:
       x = x[:, ::self.stride, ::self.stride, :]
-      pad = self.features - x.shape[-1]
-      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+      extra = self.features - x.shape[-1]
+      low, high = self.pad or (extra // 2, extra - extra // 2)
+      if low + high != extra:
+        raise ValueError(f'shortcut pads {low} + {high} do not take {x.shape[-1]} channels to {self.features}')
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (low, high)))
     return nn.relu(x + y)
 
 
@@ -63,16 +74,26 @@ class ResNet20(nn.Module):
   num_classes: int = 10
   width: int = 16
   conv_general_dilated: Callable[..., Any] | None = None
+  stage_widths: tuple[int, int, int] | None = None  # default: width, 2 width, 4 width
+  block_widths: tuple[int, ...] | None = None  # the 9 blocks' first convs (default: their stage's width)
+  shortcut_pads: tuple[tuple[int, int], tuple[int, int]] | None = None  # stages 2 and 3 (default: even split)
+
+  def widths(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(stage_widths, block_widths)``, defaults filled in."""
+    stages = tuple(self.stage_widths or (self.width, 2 * self.width, 4 * self.width))
+    return stages, tuple(self.block_widths or (w for w in stages for _ in range(3)))
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_in,
+    stages, inner = self.widths()
+    x = nn.Conv(stages[0], (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_in,
                 conv_general_dilated=self.conv_general_dilated)(x)
     x = nn.relu(_norm(train)(x))
     for stage in range(3):
       for block in range(3):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = OptionABlock(self.width * 2**stage, stride, self.conv_general_dilated)(x, train)
+        pad = self.shortcut_pads[stage - 1] if self.shortcut_pads and stage > 0 and block == 0 else None
+        x = OptionABlock(stages[stage], stride, self.conv_general_dilated, inner[3 * stage + block], pad)(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal_fan_in,
                     bias_init=torch_default_bias(x.shape[-1]))(x)
@@ -84,14 +105,18 @@ class BasicBlock(nn.Module):
   stride: int
   conv_general_dilated: Callable[..., Any] | None = None
   kernel_init: Callable[..., Any] = torch_default_kernel
+  inner: tuple[int, ...] | None = None  # the first conv's channels (default: features)
+  out_features: int | None = None  # the block's output channels (default: features)
+  projection: bool | None = None  # a conv shortcut (default: where the shape changes)
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = _conv_factory(self.kernel_init, self.conv_general_dilated)
-    y = nn.relu(_norm(train)(conv(self.features, 3, self.stride)(x)))
-    y = _norm(train)(conv(self.features, 3, 1)(y))
-    return nn.relu(_shortcut(x, self.features, self.stride, train, conv) + y)
+    out = self.out_features or self.features
+    y = nn.relu(_norm(train)(conv((self.inner or (self.features,))[0], 3, self.stride)(x)))
+    y = _norm(train)(conv(out, 3, 1)(y))
+    return nn.relu(_shortcut(x, out, self.stride, train, conv, self.projection) + y)
 
 
 class Bottleneck(nn.Module):
@@ -100,15 +125,20 @@ class Bottleneck(nn.Module):
   stride: int
   conv_general_dilated: Callable[..., Any] | None = None
   kernel_init: Callable[..., Any] = torch_default_kernel
+  inner: tuple[int, ...] | None = None  # the 1x1 and 3x3 convs' channels (default: features, features)
+  out_features: int | None = None  # the block's output channels (default: 4 features)
+  projection: bool | None = None
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = _conv_factory(self.kernel_init, self.conv_general_dilated)
-    y = nn.relu(_norm(train)(conv(self.features, 1, 1)(x)))
-    y = nn.relu(_norm(train)(conv(self.features, 3, self.stride)(y)))
-    y = _norm(train)(conv(self.features * 4, 1, 1)(y))
-    return nn.relu(_shortcut(x, self.features * 4, self.stride, train, conv) + y)
+    first, second = self.inner or (self.features, self.features)
+    out = self.out_features or self.features * 4
+    y = nn.relu(_norm(train)(conv(first, 1, 1)(x)))
+    y = nn.relu(_norm(train)(conv(second, 3, self.stride)(y)))
+    y = _norm(train)(conv(out, 1, 1)(y))
+    return nn.relu(_shortcut(x, out, self.stride, train, conv, self.projection) + y)
 
 
 def _conv_factory(kernel_init, conv_general_dilated):
@@ -132,8 +162,8 @@ def resnet_conv_init(name: str) -> Callable[..., Any]:
   return RESNET_INITS[name]
 
 
-def _shortcut(x, features, stride, train, conv):
-  if stride == 1 and x.shape[-1] == features:
+def _shortcut(x, features, stride, train, conv, projection=None):
+  if not (projection if projection is not None else stride != 1 or x.shape[-1] != features):
     return x
   return _norm(train)(conv(features, 1, stride)(x))
 
@@ -142,6 +172,7 @@ class ResNet(nn.Module):
   """torchvision's ResNet; ``small_input`` swaps the 7x7/2 stem and max-pool for one 3x3/1 conv.
 
   ``conv_init``: 'torch_default' (the authors' models: PyTorch's default conv init) or 'torchvision' (He fan-out).
+  ``width``: the first stage's inner channels (torchvision: 64); the widths fields override it per layer.
   """
   block: type[nn.Module]
   stage_sizes: Sequence[int]
@@ -149,19 +180,36 @@ class ResNet(nn.Module):
   small_input: bool = False
   conv_init: str = 'torch_default'  # not `init`: that is flax's Module.init
   conv_general_dilated: Callable[..., Any] | None = None
+  width: int = 64
+  stem_width: int | None = None  # bottleneck nets only; basic blocks add the stem to stage 1's stream
+  stage_widths: tuple[int, ...] | None = None  # each stage's residual stream
+  block_widths: tuple[tuple[int, ...], ...] | None = None  # each block's inner convs
+
+  def widths(self) -> tuple[int, tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """``(stem, stage_widths, block_widths)``, defaults filled in."""
+    expansion = self.block.expansion
+    stages = tuple(self.stage_widths or (self.width * 2**s * expansion for s in range(len(self.stage_sizes))))
+    inner = self.block_widths or tuple((self.width * 2**s,) * (1 if expansion == 1 else 2)
+                                       for s, n in enumerate(self.stage_sizes) for _ in range(n))
+    stem = stages[0] if expansion == 1 else (self.stem_width or self.width)
+    return stem, stages, tuple(tuple(w) for w in inner)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     kernel_init = resnet_conv_init(self.conv_init)
     conv = _conv_factory(kernel_init, self.conv_general_dilated)
-    x = conv(64, 3, 1)(x) if self.small_input else conv(64, 7, 2)(x)
+    stem, stages, inner = self.widths()
+    x = conv(stem, 3, 1)(x) if self.small_input else conv(stem, 7, 2)(x)
     x = nn.relu(_norm(train)(x))
     if not self.small_input:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     block = functools.partial(self.block, conv_general_dilated=self.conv_general_dilated, kernel_init=kernel_init)
+    inner_widths = iter(inner)
     for stage, blocks in enumerate(self.stage_sizes):
       for index in range(blocks):
         stride = 2 if stage > 0 and index == 0 else 1
-        x = block(64 * 2**stage, stride)(x, train)
+        projection = index == 0 and (stage > 0 or self.block.expansion != 1)  # the dense net's shape changes
+        x = block(64 * 2**stage, stride, inner=next(inner_widths), out_features=stages[stage],
+                  projection=projection)(x, train)
     x = x.mean(axis=(1, 2))
     return torch_dense(self.num_classes, x.shape[-1])(x)

@@ -12,11 +12,12 @@ import jax
 class SmallCNN(nn.Module):
   """conv 3x3 32 - BN - relu - conv 3x3/2 64 - BN - relu - global average pool - dense."""
   num_classes: int = 10
+  widths: tuple[int, int] = (32, 64)  # channels of the two convs (compaction narrows them)
   conv_general_dilated: Callable[..., Any] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-    for features, stride in ((32, 1), (64, 2)):
+    for features, stride in zip(self.widths, (1, 2)):
       x = nn.Conv(features, (3, 3), strides=stride, use_bias=False,
                   conv_general_dilated=self.conv_general_dilated)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))

@@ -12,6 +12,10 @@ biases 0, BatchNorm scale 1 and bias 0.
 - ``imagenet_head``: the 14x14 map (224 inputs) is average-pooled to 7x7
   (``AdaptiveAvgPool2d(7)``), then torchvision's classifier (4096-4096-classes,
   ReLU, dropout) with its init: N(0, 0.01) kernels, zero biases.
+
+Widths: ``widths`` gives every conv's channels (default: the stack's, times
+``width``), ``hidden`` the ImageNet head's two Dense layers; compaction
+(``prospr_jax.compaction``) sets both to the channels a structured mask keeps.
 """
 
 from __future__ import annotations
@@ -41,21 +45,31 @@ class VGG(nn.Module):
   imagenet_head: bool = False
   dropout_rate: float = 0.5
   width: float = 1.0  # channel multiplier (tests use narrow VGGs)
+  widths: tuple[int, ...] | None = None  # channels of each conv; overrides `width`
+  hidden: tuple[int, int] = (4096, 4096)  # the ImageNet head's hidden Dense layers
   conv_general_dilated: Callable[..., Any] | None = None
+
+  def conv_widths(self) -> tuple[int, ...]:
+    """Channels of every conv, in order."""
+    default = tuple(max(1, int(layer * self.width)) for layer in STACKS[self.depth] if layer != 'M')
+    if self.widths is not None and len(self.widths) != len(default):
+      raise ValueError(f'VGG-{self.depth} has {len(default)} convs, got {len(self.widths)} widths')
+    return default if self.widths is None else tuple(self.widths)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    widths = iter(self.conv_widths())
     for layer in STACKS[self.depth]:
       if layer == 'M':
         x = nn.max_pool(x, (2, 2), (2, 2))
         continue
-      x = nn.Conv(max(1, int(layer * self.width)), (3, 3), padding=1, kernel_init=he_normal_fan_out,
+      x = nn.Conv(next(widths), (3, 3), padding=1, kernel_init=he_normal_fan_out,
                   conv_general_dilated=self.conv_general_dilated)(x)
       x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
     if not self.imagenet_head:
       return torch_dense(self.num_classes, x.shape[-1])(x.mean(axis=(1, 2)))
     x = adaptive_avg_pool(x, (7, 7)).reshape(x.shape[0], -1)
-    for features in (4096, 4096):
+    for features in self.hidden:
       x = nn.relu(nn.Dense(features, kernel_init=classifier_init)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=classifier_init)(x)

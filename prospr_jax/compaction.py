@@ -1,0 +1,92 @@
+"""Compaction: a structured (channel) mask turns a network into a narrower one of the same family.
+
+``compact(model, variables, mask)`` drops every removed channel from the
+variables (kernel slices on both axes, biases, BatchNorm scale, offset and
+statistics) and sets the model's width fields to what is kept. The compact
+network computes what the masked one computes: exactly in eval mode, and in
+train mode too, since BatchNorm's batch statistics of the kept channels are the
+same (dead channels are dropped, not zero). ``save_compact`` / ``load_compact``
+write and read it so it can be rebuilt anywhere with ``get_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.serialization
+import jax
+import numpy as np
+from chex import ArrayTree
+from etils import epath
+
+from prospr_jax import channels, files
+from prospr_jax.models import get_model, plans
+
+COMPACT_FILE = 'compact.json'
+VARIABLES_FILE = 'compact_variables.msgpack'
+
+
+def structured_plan(model: nn.Module, params: ArrayTree) -> channels.ChannelPlan:
+  """The channel plan of a zoo model (``models/plans.py``); ValueError for an architecture it does not know."""
+  return plans.channel_plan(model, params)
+
+
+def compact(model: nn.Module, variables: ArrayTree, mask: Mapping[str, Any]) -> tuple[nn.Module, ArrayTree]:
+  """``(narrow model, its variables)`` computing what ``model`` with the channel ``mask`` computes.
+
+  ``mask``: ``{group name: (channels,) 0/1}`` (or a per-kernel ``(C_out,)`` tree, for
+  nets without ties). Refused with a ValueError: a mask from another model, a
+  per-weight mask, one that empties a layer, an architecture without a plan.
+  """
+  plan = structured_plan(model, variables['params'])
+  mask = channels.check_mask(plan, mask)
+  narrow = plans.narrowed(model, variables['params'], mask)
+  return narrow, channels.compact_tree(plan, mask, variables)
+
+
+def check_shapes(model: nn.Module, variables: ArrayTree, input_shape: tuple[int, ...]) -> None:
+  """Raise ValueError unless ``variables`` have the shapes ``model.init`` gives for ``input_shape``."""
+  want = jax.tree.map(np.shape, plans.abstract_variables(model, input_shape))
+  got = jax.tree.map(np.shape, variables)
+  if want != got:
+    raise ValueError(f'compact variables do not fit the compact model: {got} against {want}')
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to tuples: flax modules hash their fields."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def compact_kwargs(model: nn.Module) -> dict[str, Any]:
+  """The width fields of a compact zoo model, as JSON-ready lists and ints."""
+  return json.loads(json.dumps(plans.width_fields(model)))
+
+
+def save_compact(directory: str | os.PathLike[str], model_name: str, num_classes: int, model_kwargs: dict[str, Any],
+                 narrow: nn.Module, variables: ArrayTree, **extra: Any) -> None:
+  """Write ``compact.json`` (model name, classes, kwargs with the widths) and the variables (msgpack)."""
+  directory = epath.Path(directory)
+  files.write_bytes(directory / VARIABLES_FILE, flax.serialization.msgpack_serialize(jax.device_get(variables)))
+  files.write_json(directory / COMPACT_FILE, {
+      'model': model_name, 'num_classes': num_classes,
+      'model_kwargs': {**model_kwargs, **compact_kwargs(narrow)}, **extra})
+
+
+def load_compact(directory: str | os.PathLike[str], **model_overrides: Any) -> tuple[nn.Module, ArrayTree]:
+  """``(model, variables)`` of a compact network saved by ``save_compact`` (e.g. a prune.py workdir).
+
+  ``model_overrides`` go to ``get_model`` too (e.g. ``conv_general_dilated=``).
+  """
+  directory = epath.Path(directory)
+  if not (directory / COMPACT_FILE).exists():
+    raise FileNotFoundError(f'{directory / COMPACT_FILE} does not exist: give the workdir of a structured '
+                            'prune.py run with config.prune.compact=True')
+  record = json.loads((directory / COMPACT_FILE).read_text())
+  kwargs = {key: _tuples(value) for key, value in record['model_kwargs'].items()}
+  model = get_model(record['model'], record['num_classes'], **kwargs, **model_overrides)
+  variables = flax.serialization.msgpack_restore((directory / VARIABLES_FILE).read_bytes())
+  return model, variables
