@@ -4,7 +4,10 @@
 
 Each cell is a normal prune.py (or, dense, train.py) run in <workdir>/cells/...;
 finished cells are skipped, so rerunning the same command continues a stopped
-sweep. Writes results.jsonl, table.md, table.csv and accuracy_vs_sparsity.{png,pdf}.
+sweep. The references of the paper's Figure 2 that prune after training
+(--criteria=...,magnitude_after_training,lottery_rewind) start from the dense
+cell of their seed, which runs first (prospr_jax/after_training.py).
+Writes results.jsonl, table.md, table.csv and accuracy_vs_sparsity.{png,pdf}.
 """
 
 import os
@@ -20,7 +23,8 @@ from prospr_jax import entry, flag_parsing, sweep
 _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of every cell (relative to the current '
                                           'folder, else to this script\'s); --config.<field>=<value> overrides it.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (default: workdir/<config name>_sweep).')
-_CRITERIA = flags.DEFINE_string('criteria', None, 'Comma-separated criteria (prospr,snip,...), or all.')
+_CRITERIA = flags.DEFINE_string('criteria', None, 'Comma-separated criteria (prospr,snip,...), or all (every '
+                                'at-init criterion); magnitude_after_training and lottery_rewind prune after training.')
 _SPARSITIES = flags.DEFINE_string('sparsities', 'paper', 'Comma-separated sparsities in [0, 1), or paper (1 - 0.8^k, '
                                   'k = 1..18: 20.0% ... 98.2%), or both: paper,0.993,0.995.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds per cell (seeds 0 to N - 1).')
@@ -30,6 +34,9 @@ _PRINT = flags.DEFINE_bool('print_commands', False, 'Print one shell command per
                            '--aggregate_only one) instead of running them.')
 _AGGREGATE = flags.DEFINE_bool('aggregate_only', False, 'Only rebuild results.jsonl, the tables and the figure from '
                                'the finished cells.')
+_ONLY_CELL = flags.DEFINE_string('only_cell', None, 'Run just this cell of the sweep recorded in --workdir, given as '
+                                 'criterion,sparsity,seed (lottery_rewind,0.9,0): what --print_commands prints for '
+                                 'the cells that prune after training. Aggregates nothing.')
 _CACHE = flags.DEFINE_string('compilation_cache', None, 'JAX persistent compilation cache folder (default: '
                              '<workdir>/jax_cache; "" turns it off).')
 
@@ -53,12 +60,20 @@ def _run(config_filename: str, workdir: pathlib.Path) -> None:
     sweep.aggregate(workdir, config)
     _print_table(workdir)
     return
+  cache = str(workdir / 'jax_cache') if _CACHE.value is None else _CACHE.value
+  if _ONLY_CELL.value:
+    if cache:
+      sweep.enable_compilation_cache(cache)
+    seconds = sweep.run_only_cell(config, _ONLY_CELL.value, workdir)
+    if jax.process_index() == 0:
+      print(f'cell {_ONLY_CELL.value}: ' + ('had finished already' if seconds is None else f'ran in {seconds:.1f} s'),
+            flush=True)
+    return
   if not _CRITERIA.value:
     raise ValueError('--criteria is required: a comma-separated list (prospr,snip,...) or all')
   grid = sweep.make_grid(_CRITERIA.value, _SPARSITIES.value, _SEEDS.value)
   sweep.validate_sweep(config, grid)
   entry.check_workdir(workdir)
-  cache = str(workdir / 'jax_cache') if _CACHE.value is None else _CACHE.value
   if _PRINT.value:
     commands = sweep.pending_commands(config, grid, workdir, config_filename, sweep.config_overrides(sys.argv[1:]),
                                       script_dir=os.path.dirname(sys.argv[0]), cache_dir=cache or None)

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -83,9 +83,10 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
 
 
 @contextlib.contextmanager
-def claimed(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Iterator[None]:
+def claimed(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+            validate: Callable[[ml_collections.ConfigDict], None] = validation.validate_config) -> Iterator[None]:
   """Validate ``config``, then hold ``workdir`` for this run: its lock (process 0), its recorded config checked."""
-  validation.validate_config(config)
+  validate(config)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     workdir_lib.check_config(workdir, config, write=jax.process_index() == 0)

@@ -4,7 +4,10 @@ Alizadeh et al., *Prospect Pruning*, ICLR 2022, appendix B "Numbers from Figure 
 Table 3 (ResNet-20, CIFAR-10), Table 4 (VGG-16, CIFAR-10), Table 5 (ResNet-18,
 Tiny-ImageNet), at the sparsities ``1 - 0.8**k`` for k = 1..18 (20.0% ... 98.2%).
 Only rows with all 18 values are kept (the extracted text lost the others);
-criteria carry our registry names, plus two the paper prunes after training.
+criteria carry our registry names, and the two references that prune after
+training carry the sweep's names for them (``after_training.REFERENCES``):
+"Magnitude after Training" is ``magnitude_after_training``, "LTR after Training"
+``lottery_rewind``.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ PAPER_TOP1: dict[tuple[str, str], dict[str, tuple[tuple[float, float], ...]]] = 
         ),
     },
     ('vgg16', 'cifar10'): {
-        'lottery_ticket_rewinding': (
+        'lottery_rewind': (
             (93.5, 0.1), (93.6, 0.1), (93.6, 0.1), (93.6, 0.1), (93.8, 0.1), (93.6, 0.1),
             (93.6, 0.1), (93.8, 0.1), (93.8, 0.1), (93.7, 0.1), (93.7, 0.1), (93.8, 0.1),
             (93.5, 0.2), (93.4, 0.1), (93.2, 0.1), (93.0, 0.2), (92.7, 0.1), (92.1, 0.4),

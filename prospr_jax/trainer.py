@@ -76,28 +76,43 @@ def compiled_steps(model: nn.Module, learning_rate: float, momentum: float, weig
           jax.jit(functools.partial(training.eval_step, model=model)))
 
 
+def recipe_steps(config: ml_collections.ConfigDict, setup: Setup):
+  """``(steps_per_epoch, (schedule, optimizer, train_step, eval_step))`` of the config's recipe on ``setup``."""
+  steps_per_epoch = data.steps_per_epoch(len(setup.train_source), config.batch_size)
+  return steps_per_epoch, compiled_steps(setup.model, config.learning_rate, config.momentum, config.weight_decay,
+                                         steps_per_epoch, tuple(config.lr_milestones), config.lr_decay)
+
+
+def initial_state(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree,
+                  variables: ArrayTree | None = None, start_step: int = 0) -> training.TrainState:
+  """The replicated state training starts from (before any checkpoint): ``variables * mask`` at ``start_step``."""
+  _, (_, optimizer, _, _) = recipe_steps(config, setup)
+  variables = setup.variables if variables is None else variables
+  state = training.create_train_state(variables, mask, optimizer, seeds.train_dropout(config.seed))
+  return sharding.replicate(training.start_at(state, start_step) if start_step else state, setup.mesh)
+
+
 def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, workdir: pathlib.Path,
-          title: str = '', variables: ArrayTree | None = None) -> dict[str, float]:
-  """Train ``variables * mask`` (default: ``setup.variables``) for ``config.num_epochs``, resuming from ``workdir``."""
+          title: str = '', variables: ArrayTree | None = None, start_step: int = 0) -> dict[str, float]:
+  """Train ``variables * mask`` (default: ``setup.variables``) to ``config.num_epochs``, resuming from ``workdir``.
+
+  ``start_step`` (when ``workdir`` holds no checkpoint yet): begin there, as if resuming, with a fresh optimizer
+  state: the data order and the learning-rate schedule go on from that step (lottery ticket rewinding).
+  """
   variables = setup.variables if variables is None else variables
   workdir.mkdir(parents=True, exist_ok=True)
-  steps_per_epoch = data.steps_per_epoch(len(setup.train_source), config.batch_size)
+  steps_per_epoch, (schedule, _, train_step, eval_step) = recipe_steps(config, setup)
   total_steps = config.num_epochs * steps_per_epoch
-  schedule, optimizer, train_step, eval_step = compiled_steps(
-      setup.model, config.learning_rate, config.momentum, config.weight_decay, steps_per_epoch,
-      tuple(config.lr_milestones), config.lr_decay)
-  state = sharding.replicate(
-      training.create_train_state(variables, mask, optimizer, seeds.train_dropout(config.seed)), setup.mesh)
+  state = initial_state(config, setup, mask, variables, start_step)
   initial_params = sharding.replicate(variables['params'], setup.mesh)
   checkpointer = checkpointing.Checkpointer(workdir / 'checkpoints')
   metrics = MetricsWriter(workdir)
-  step = 0
+  step, last_checkpoint = start_step, None
   if checkpointer.latest_step() is not None:
     state, _, meta = checkpointer.restore(state, initial_params)
-    step = int(sharding.host_value(state.step))
+    step = last_checkpoint = int(sharding.host_value(state.step))
     log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', step, meta['epoch'], workdir)
   metrics.truncate_after(step)  # rows past the checkpoint (all of them when there is none) are redone
-  last_checkpoint = step or None
   loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size,
                              seed=seeds.train_data(config.seed), start_step=step, worker_count=config.worker_count)
   batches = iter(loader)

@@ -46,6 +46,12 @@ def create_train_state(variables: ArrayTree, mask: ArrayTree, optimizer: optax.G
                     opt_state=optimizer.init(params), mask=mask, rng=rng)
 
 
+def start_at(state: TrainState, step: int) -> TrainState:
+  """``state`` moved to ``step``: its step and the optimizer's step count (the learning-rate schedule's) set to it."""
+  count = jnp.asarray(step, jnp.int32)
+  return state.replace(step=count, opt_state=optax.tree_utils.tree_set(state.opt_state, count=count))
+
+
 def _apply(model: nn.Module, state: TrainState, params: ArrayTree, images: jax.Array, train: bool):
   variables = {'params': masks_lib.apply_mask(params, state.mask), 'batch_stats': state.batch_stats}
   if not train:

@@ -5,6 +5,8 @@ Each cell is a normal run (``experiment.prune_and_train`` or, dense,
 so a stopped sweep continues where it stopped. After every cell the finished
 ones are gathered into ``results.jsonl``, ``table.md`` / ``table.csv`` (the
 paper's appendix B layout) and the accuracy-vs-sparsity figure (Figure 2).
+Beside the registry's criteria, a sweep runs the two references of Figure 2
+that prune after training (``after_training``) from the dense cell of each seed.
 """
 
 from prospr_jax.sweep.commands import config_overrides, pending_commands
@@ -19,8 +21,15 @@ from prospr_jax.sweep.grid import (
     parse_sparsities,
 )
 from prospr_jax.sweep.record import SweepConfigError
-from prospr_jax.sweep.runner import SweepOutcome, aggregate, enable_compilation_cache, run_sweep, validate_sweep
+from prospr_jax.sweep.runner import (
+    SweepOutcome,
+    aggregate,
+    enable_compilation_cache,
+    run_only_cell,
+    run_sweep,
+    validate_sweep,
+)
 
 __all__ = ['DENSE', 'PAPER_SPARSITIES', 'Cell', 'Grid', 'SweepConfigError', 'SweepOutcome', 'aggregate', 'cell_config',
            'config_overrides', 'enable_compilation_cache', 'make_grid', 'parse_criteria', 'parse_sparsities',
-           'pending_commands', 'run_sweep', 'validate_sweep']
+           'pending_commands', 'run_only_cell', 'run_sweep', 'validate_sweep']

@@ -5,6 +5,10 @@ it last, and the sweep writes one for the dense cell, and one for a cell whose
 criterion empties a layer (layer collapse: recorded as the cell's result). A dense cell trained by
 ``train.py`` (a printed command) has none; it is finished when its
 ``metrics.jsonl`` reaches ``num_epochs``.
+
+A cell of a reference that prunes after training (``after_training``) starts
+from the finished dense cell of its seed, which the grid runs first; without it
+the cell is refused, naming the dense cell's folder.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prospr_jax import data, experiment, files, masks as masks_lib, workdir as workdir_lib
+from prospr_jax import after_training, data, experiment, files, masks as masks_lib, workdir as workdir_lib
 from prospr_jax.models import conv as conv_lib, get_model
 from prospr_jax.sweep.grid import DENSE, Cell
 
@@ -92,6 +96,17 @@ def prunable_weights(config: ml_collections.ConfigDict) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']) if len(leaf.shape) > 1)
 
 
+def finished_dense_directory(cell: Cell, workdir: pathlib.Path) -> pathlib.Path:
+  """The folder of the dense cell of ``cell``'s seed; ``MissingDenseRun`` (one line) while it is unfinished."""
+  dense = Cell(DENSE, 0.0, cell.seed)
+  if not is_finished(dense, workdir):
+    raise after_training.MissingDenseRun(
+        f'{cell} prunes the trained dense network of seed {cell.seed}, but the dense cell {dense.directory(workdir)} '
+        'has not finished: run it first (sweep.py runs it before the other cells of its seed; printed commands: '
+        'its train.py command)')
+  return dense.directory(workdir)
+
+
 def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
   """Run the cell (resuming what a killed run left), write ``cell.json`` and its results; return its seconds."""
   cell_dir = cell.directory(workdir)
@@ -102,7 +117,10 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Pat
                'kept_weights': prunable_weights(config), DENSE: final}
   else:
     try:
-      experiment.prune_and_train(config, cell_dir)
+      if after_training.is_reference(cell.criterion):
+        after_training.run_reference(config, cell_dir, finished_dense_directory(cell, workdir))
+      else:
+        experiment.prune_and_train(config, cell_dir)
       results = None
     except masks_lib.LayerCollapseError as error:  # a result of the criterion, not a failure of the sweep
       log.warning('sweep: %s: layer collapse, recorded as such (%s)', cell, error)

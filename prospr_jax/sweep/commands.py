@@ -3,6 +3,11 @@
 A pruned cell is ``prune.py`` and a dense cell ``train.py``, each with the
 user's ``--config`` and overrides followed by the cell's own (the last one wins),
 in the cell's workdir: the same config, so the same cell, as the sweep runs.
+A cell of a reference that prunes after training (``lottery_rewind``,
+``magnitude_after_training``) has no script of its own: it is
+``sweep.py ... --only_cell=<criterion>,<sparsity>,<seed>``, which runs that one
+cell of the recorded sweep; it needs its seed's dense cell finished first
+(refused, naming it, otherwise), so start it after that ``train.py`` command.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from prospr_jax import after_training
 from prospr_jax.sweep import cells as cells_lib
 from prospr_jax.sweep.grid import Cell, Grid, cell_overrides
 from prospr_jax.sweep.runner import prepare
@@ -43,10 +49,15 @@ def _script(script_dir: str, name: str) -> str:
 
 def cell_command(cell: Cell, workdir: pathlib.Path, config_argument: str, overrides: Sequence[str], *,
                  script_dir: str = '', python: str = 'python', cache_dir: str | None = None) -> str:
-  """``python prune.py --config <config> <overrides> <the cell's> --workdir <cell dir>`` (``train.py`` if dense)."""
-  script = _script(script_dir, 'train.py' if cell.is_dense else 'prune.py')
-  words = [python, script, '--config', config_argument, *overrides, *cell_overrides(cell),
-           '--workdir', str(cell.directory(workdir))]
+  """``python prune.py --config <config> <overrides> <the cell's> --workdir <cell dir>`` (``train.py`` if dense);
+  a reference's cell: ``python sweep.py --config <config> <overrides> --workdir <sweep> --only_cell=<cell>``."""
+  if after_training.is_reference(cell.criterion):
+    words = [python, _script(script_dir, 'sweep.py'), '--config', config_argument, *overrides, '--workdir',
+             str(workdir), f'--only_cell={cell.criterion},{cell.sparsity!r},{cell.seed}']
+  else:
+    script = _script(script_dir, 'train.py' if cell.is_dense else 'prune.py')
+    words = [python, script, '--config', config_argument, *overrides, *cell_overrides(cell),
+             '--workdir', str(cell.directory(workdir))]
   prefix = f'{CACHE_ENV}={shlex.quote(cache_dir)} ' if cache_dir else ''
   return prefix + shlex.join(words)
 

@@ -2,7 +2,9 @@
 
 Sparsity ``s`` is plotted at ``-log10(1 - s)`` (so 90%, 99%, 99.9% are evenly
 spaced, as in the paper) with tick labels in % sparsity; the dense network is a
-horizontal line with its band. The points are the table's means, in %.
+horizontal line with its band. The points are the table's means, in %. The
+references that prune after training (``after_training``) are dashed lines
+with square markers, labelled "(after training)".
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import pathlib
 from typing import TYPE_CHECKING, Any
 
-from prospr_jax import files, plots
+from prospr_jax import after_training, files, plots
 from prospr_jax.sweep.grid import DENSE, Grid
 from prospr_jax.sweep.table import Summary, lookup, sparsity_labels, title
 
@@ -48,7 +50,9 @@ def draw_figure(summaries: dict[tuple[str, float], Summary], grid: Grid, config:
     x = [sparsity_position(s) for s, _ in points]
     mean = [summary.mean for _, summary in points]
     std = [summary.std or 0.0 for _, summary in points]
-    (line,) = ax.plot(x, mean, marker='o', markersize=4, label=criterion)
+    reference = after_training.is_reference(criterion)  # prunes after training: dashed, as in the paper
+    (line,) = ax.plot(x, mean, marker='s' if reference else 'o', markersize=4, linestyle='--' if reference else '-',
+                      label=f'{criterion} (after training)' if reference else criterion)
     ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
                     color=line.get_color(), alpha=0.2, linewidth=0)
   ax.set_xticks([sparsity_position(s) for s in grid.sparsities], sparsity_labels(grid.sparsities),

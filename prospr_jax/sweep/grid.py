@@ -3,6 +3,10 @@
 Sparsities are rounded to 6 decimals (the paper's ``1 - 0.8**k`` move by less
 than 1e-6), so a cell's folder name, its printed command and its recorded config
 all hold the same number.
+
+Criteria are the registry's (pruning at initialization) and the two references
+that prune the trained dense network of the same seed (``after_training.REFERENCES``);
+``all`` is the registry's alone.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from prospr_jax import paper_numbers
+from prospr_jax import after_training, paper_numbers
 from prospr_jax.criteria import registry
 
 DENSE = 'dense'
@@ -74,21 +78,35 @@ def sparsity_folder(sparsity: float) -> str:
 
 
 def parse_criteria(text: str) -> tuple[str, ...]:
-  """``prospr,snip`` or ``all`` (every registered criterion); an unknown name lists the valid ones."""
+  """``prospr,snip,lottery_rewind`` or ``all`` (every registered criterion, no reference); unknown names refused."""
   names = [name.strip() for name in text.split(',') if name.strip()]
   if names == ['all']:
     return tuple(registry.CRITERIA)
   if not names:
     raise ValueError(f'--criteria: name at least one criterion, or all; valid names: {_valid_criteria()}')
   for name in names:
-    if name not in registry.CRITERIA:
+    if name not in registry.CRITERIA and not after_training.is_reference(name):
       dense = ' (the dense network runs for every seed without asking)' if name == DENSE else ''
-      raise ValueError(f'--criteria: unknown criterion {name!r}{dense}; valid names: all, {_valid_criteria()}')
+      raise ValueError(f'--criteria: unknown criterion {name!r}{dense}; valid names: all, {_valid_criteria()} '
+                       '(all: every one but the references that prune after training, '
+                       f'{", ".join(after_training.REFERENCES)})')
   return tuple(dict.fromkeys(names))
 
 
 def _valid_criteria() -> str:
-  return ', '.join(sorted(registry.CRITERIA))
+  return ', '.join(sorted([*registry.CRITERIA, *after_training.REFERENCES]))
+
+
+def parse_cell(text: str) -> Cell:
+  """``lottery_rewind,0.9,0`` (criterion, sparsity, seed; ``dense,0,0`` for the dense cell) as a Cell."""
+  parts = [part.strip() for part in text.split(',')]
+  try:
+    criterion, sparsity, seed = parts
+    cell = Cell(criterion, 0.0 if criterion == DENSE else round(float(sparsity), 6), int(seed))
+  except ValueError:
+    raise ValueError(f'--only_cell: cannot read {text!r}; give criterion,sparsity,seed like lottery_rewind,0.9,0 '
+                     '(dense,0,0 for the dense cell of seed 0)') from None
+  return cell
 
 
 def parse_sparsities(text: str) -> tuple[float, ...]:

@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from prospr_jax import files, validation
+from prospr_jax import after_training, files, validation
 from prospr_jax.sweep import cells as cells_lib, figure, record, table
-from prospr_jax.sweep.grid import Cell, Grid, cell_config, check_base_config, make_grid
+from prospr_jax.sweep.grid import Cell, Grid, cell_config, check_base_config, make_grid, parse_cell
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,15 @@ def validate_sweep(config: ml_collections.ConfigDict, grid: Grid) -> None:
   """Refuse a base config or grid that some cell cannot run, before anything runs or is written."""
   check_base_config(config)
   for cell in grid.cells():
-    validation.validate_config(cell_config(config, cell))
+    validate_cell_config(cell, cell_config(config, cell))
+
+
+def validate_cell_config(cell: Cell, config: ml_collections.ConfigDict) -> None:
+  """The cell's config checked as its run checks it: a reference's by ``after_training``, any other's as usual."""
+  if after_training.is_reference(cell.criterion):
+    after_training.validate_config(config)
+  else:
+    validation.validate_config(config)
 
 
 def prepare(config: ml_collections.ConfigDict, grid: Grid, workdir: pathlib.Path) -> Grid:
@@ -138,6 +146,29 @@ def run_sweep(config: ml_collections.ConfigDict, criteria: str | Sequence[str],
   if not remaining:
     log.info('sweep: all %d cells finished; tables and figure in %s', len(every), workdir)
   return SweepOutcome(len(every), done_before, len(seconds), remaining, tuple(seconds))
+
+
+def run_only_cell(config: ml_collections.ConfigDict, cell_text: str, workdir: str | pathlib.Path) -> float | None:
+  """``--only_cell``: run one cell (``lottery_rewind,0.9,0``) of the sweep recorded in ``workdir``; its seconds, or
+  None when it had finished. Nothing is aggregated: the printed ``--aggregate_only`` command does that."""
+  workdir = pathlib.Path(workdir)
+  recorded = record.read_sweep(workdir)
+  if recorded is None:
+    raise FileNotFoundError(f'--only_cell: {workdir / record.SWEEP_FILE} is missing: record the sweep first (sweep.py '
+                            '--print_commands or a sweep run in this --workdir)')
+  base, grid = recorded
+  record.check_same_base(workdir, base, config.to_dict())
+  cell = parse_cell(cell_text)
+  if cell not in grid.cells():
+    raise ValueError(f'--only_cell: {cell} is not a cell of the sweep in {workdir} (criteria {", ".join(grid.criteria)}'
+                     f'; sparsities {", ".join(map(str, grid.sparsities))}; seeds 0 to {grid.seeds - 1})')
+  validate_cell_config(cell, cell_config(config, cell))
+  if cells_lib.is_finished(cell, workdir):
+    log.info('sweep: %s has finished already (%s)', cell, cell.directory(workdir))
+    return None
+  if after_training.is_reference(cell.criterion):
+    cells_lib.finished_dense_directory(cell, workdir)  # refused before anything runs while the dense cell runs
+  return _run_one(cell, config, workdir)
 
 
 def _run_one(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:

@@ -1,7 +1,8 @@
 """A sweep's results: one row per finished cell, then top-1 mean ± std over seeds per criterion x sparsity.
 
 The tables follow the paper's appendix B (Tables 3-5): criteria as rows,
-sparsities as columns, and beside our number the paper's where it has one.
+sparsities as columns, and beside our number the paper's where it has one
+(for the references that prune after training too: ``magnitude_after_training``, ``lottery_rewind``).
 Means and standard deviations are in %, the standard deviation the sample one
 (ddof = 1), absent for a single seed.
 """
@@ -15,7 +16,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prospr_jax import paper_numbers
+from prospr_jax import after_training, paper_numbers
 from prospr_jax.sweep.grid import DENSE, Grid
 
 MISSING = '—'
@@ -85,12 +86,20 @@ def title(config: dict[str, Any], grid: Grid) -> str:
           f'{seeds} seed{"s" * (seeds != 1)}')
 
 
+def _references_note(grid: Grid) -> str:
+  """A sentence naming the grid's references that prune after training, or nothing."""
+  names = [c for c in grid.criteria if after_training.is_reference(c)]
+  return (' Pruned after training (references: one-shot magnitude pruning of the trained dense network of each seed, '
+          f'not at initialization): {", ".join(names)}.') if names else ''
+
+
 def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
   """Rows: dense, then each criterion; columns: the sparsities; cells ``mean ± std (n)`` and the paper's."""
   paper = _has_paper_numbers(config)
   lines = [f'Top-1 accuracy (%) of {title(config, grid)}: mean ± sample std over seeds (n finished)'
            + ('; [paper: mean ± std] from its appendix B' if paper else '')
-           + '. Layer collapse: the mask emptied a layer, so the network outputs a constant (chance accuracy).',
+           + '. Layer collapse: the mask emptied a layer, so the network outputs a constant (chance accuracy).'
+           + _references_note(grid),
            '',
            '| Sparsity (%) | ' + ' | '.join(sparsity_labels(grid.sparsities)) + ' |',
            '|---' * (len(grid.sparsities) + 1) + '|']
