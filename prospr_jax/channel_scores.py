@@ -4,11 +4,13 @@
 into one leaf, so a criterion's structured mask on it is one entry per group
 channel and ``dL/dc`` is the sum over the tied writers (the chain rule).
 ``score_channels`` runs any registry criterion that way. ``channel_flops`` gives
-the FLOPs per example each channel's removal saves (3SP's compute cost).
+the FLOPs per example each channel's removal saves (3SP's compute cost, the one
+definition: ``score_channels`` passes it to any criterion taking ``channel_costs``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax.channels import ChannelMask, ChannelPlan, Module, named_leaves
+from prospr_jax.channels import ChannelMask, ChannelPlan, Module, named_paths
+from prospr_jax.criteria import scores as scores_lib, structured as structured_lib
 
 
 def _writer_pieces(plan: ChannelPlan) -> dict[Module, list[tuple[str, tuple[int, ...]]]]:
@@ -38,7 +41,7 @@ def pack(plan: ChannelPlan, params: ArrayTree) -> tuple[ArrayTree, Callable[[Arr
   ``params``.
   """
   pieces = _writer_pieces(plan)
-  kernels = {names[:-1]: leaf for names, leaf in named_leaves(params) if names[-1] == 'kernel'}
+  kernels = {names[:-1]: leaf for names, leaf in named_paths(params) if names[-1] == 'kernel'}
   for module, owned in pieces.items():
     covered = np.sort(np.concatenate([np.asarray(c, int) for _, c in owned]))
     if module not in kernels or not np.array_equal(covered, np.arange(jnp.shape(kernels[module])[-1])):
@@ -91,7 +94,7 @@ def channel_flops(plan: ChannelPlan, params: ArrayTree, positions: Mapping[str, 
   ``positions[name]``: output positions per example of the product that uses
   kernel ``name`` (``criteria.structured.kernel_positions``), e.g. H * W of a conv.
   """
-  sizes = {'/'.join(names): jnp.shape(x) for names, x in named_leaves(params)}
+  sizes = {'/'.join(names): jnp.shape(x) for names, x in named_paths(params)}
   cost = lambda slot, per: 2.0 * positions['/'.join(slot.module + ('kernel',))] * per
   flops = {}
   for group in plan.groups:
@@ -106,6 +109,23 @@ def channel_flops(plan: ChannelPlan, params: ArrayTree, positions: Mapping[str, 
   return flops
 
 
+def plan_flops(plan: ChannelPlan, params: ArrayTree, loss_fn: Callable[[ArrayTree, Any], jax.Array],
+               batch: Any) -> ChannelMask:
+  """``channel_flops`` with each kernel's output positions read off ``loss_fn(params, batch)``'s jaxpr."""
+  return channel_flops(plan, params, structured_lib.kernel_positions(loss_fn, params, batch))
+
+
+def takes_channel_costs(criterion: Callable[..., ArrayTree]) -> bool:
+  """Whether ``criterion`` divides by channel costs: a registry entry saying so, or a ``channel_costs`` keyword."""
+  flag = getattr(criterion, 'channel_costs', None)
+  if isinstance(flag, bool):  # a registry Criterion
+    return flag
+  try:
+    return 'channel_costs' in inspect.signature(criterion).parameters
+  except (TypeError, ValueError):  # a callable without a signature
+    return False
+
+
 def score_channels(criterion: Callable[..., ArrayTree], plan: ChannelPlan, params: ArrayTree, batches: Any, *,
                    loss_fn: Callable[[ArrayTree, Any], jax.Array] | None = None,
                    apply_fn: Callable[[ArrayTree, jax.Array], jax.Array] | None = None,
@@ -114,7 +134,14 @@ def score_channels(criterion: Callable[..., ArrayTree], plan: ChannelPlan, param
 
   The criterion sees the packed parameters (``pack``) with ``structured=True``
   and one mask entry per group channel; ``loss_fn`` and ``apply_fn`` see them unpacked.
+  A criterion taking ``channel_costs`` (3SP) gets ``channel_flops`` of the first
+  batch unless ``channel_costs`` is given.
   """
+  if channel_costs is None and takes_channel_costs(criterion):
+    if loss_fn is None:
+      raise ValueError('this criterion divides by what each channel costs, read off the loss: pass loss_fn= '
+                       '(or channel_costs=, e.g. channel_scores.channel_flops)')
+    channel_costs = plan_flops(plan, params, loss_fn, scores_lib.batch_at(batches, 0))
   packed, unpack = pack(plan, params)
   if loss_fn is not None:
     kwargs['loss_fn'] = lambda p, batch: loss_fn(unpack(p), batch)

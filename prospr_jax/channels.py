@@ -76,6 +76,7 @@ def check_mask(plan: ChannelPlan, mask: Mapping[str, Any]) -> ChannelMask:
   wanted = {group.name: group.size for group in plan.groups}
   missing, extra = sorted(set(wanted) - set(mask)), sorted(set(mask) - set(wanted))
   wrong = sorted(n for n in set(wanted) & set(mask) if mask[n].shape != (wanted[n],))
+  _check_tied(plan, extra)
   if missing or extra or wrong:
     details = '; '.join(part for part in (
         missing and f'missing {", ".join(missing)}', extra and f'unknown {", ".join(extra)}',
@@ -91,19 +92,39 @@ def check_mask(plan: ChannelPlan, mask: Mapping[str, Any]) -> ChannelMask:
   return {group.name: mask[group.name].astype(bool) for group in plan.groups}
 
 
+def tied_kernels(plan: ChannelPlan) -> dict[str, str]:
+  """``{kernel name: its group's name}`` for every kernel that writes a tied group but does not name it."""
+  return {'/'.join(slot.module + ('kernel',)): group.name for group in plan.groups if len(group.writers) > 1
+          for slot in group.writers if '/'.join(slot.module + ('kernel',)) != group.name}
+
+
+def _check_tied(plan: ChannelPlan, extra: list[str]) -> None:
+  """ValueError naming the fix when a mask's unknown entries are kernels of tied groups: it scored them apart."""
+  tied = tied_kernels(plan)
+  if not extra or not set(extra) <= set(tied):
+    return
+  shown = ', '.join(f'{name} is tied into {tied[name]}' for name in extra[:3]) + (', ...' if len(extra) > 3 else '')
+  raise ValueError(
+      f'this is a per-kernel (untied) channel mask, one entry per output channel of each kernel, but in this '
+      f'{plan.architecture} residual sums tie channels across kernels ({shown}), so one entry must remove a channel '
+      'from all of them. Score the channels with prospr_jax.score_channels(criterion, '
+      'prospr_jax.channel_plan(model, params), params, batches, loss_fn=...) and threshold those scores, or prune '
+      'with prune.py and config.prune.structured=True')
+
+
 def _module_and_leaf(names: tuple[str, ...]) -> tuple[Module, str]:
   return names[:-1], names[-1]
 
 
-def named_leaves(tree: ArrayTree) -> list[tuple[tuple[str, ...], Any]]:
-  """(module path + leaf name, leaf) for every leaf."""
+def named_paths(tree: ArrayTree) -> list[tuple[tuple[str, ...], Any]]:
+  """(module path + leaf name as a tuple, leaf) for every leaf; ``masks.named_leaves`` joins the names with '/'."""
   return [(masks_lib.path_names(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def _axis_sizes(params: ArrayTree) -> tuple[dict[Module, int], dict[Module, int]]:
   """Output (last axis) and kernel input (axis -2) sizes of every module in ``params``."""
   outs, ins = {}, {}
-  for names, leaf in named_leaves(params):
+  for names, leaf in named_paths(params):
     module, name = _module_and_leaf(names)
     outs[module] = jnp.shape(leaf)[-1]
     if name == 'kernel':

@@ -6,7 +6,9 @@ statistics) and sets the model's width fields to what is kept. The compact
 network computes what the masked one computes: exactly in eval mode, and in
 train mode too, since BatchNorm's batch statistics of the kept channels are the
 same (dead channels are dropped, not zero). ``save_compact`` / ``load_compact``
-write and read it so it can be rebuilt anywhere with ``get_model``.
+write and read it so it can be rebuilt anywhere with ``get_model``: the weights
+training starts from (written before it), or with ``trained=True`` the trained
+ones (``save_trained``, written by a run after training; ``pruned_network.export_trained``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from prospr_jax import channels, files
 from prospr_jax.models import get_model, plans
 
 COMPACT_FILE = 'compact.json'
-VARIABLES_FILE = 'compact_variables.msgpack'
+VARIABLES_FILE = 'compact_variables.msgpack'  # the weights training starts from
+TRAINED_FILE = 'compact_variables_trained.msgpack'  # after the run's last epoch
 
 
 def structured_plan(model: nn.Module, params: ArrayTree) -> channels.ChannelPlan:
@@ -76,9 +79,20 @@ def save_compact(directory: str | os.PathLike[str], model_name: str, num_classes
       'model_kwargs': {**model_kwargs, **compact_kwargs(narrow)}, **extra})
 
 
-def load_compact(directory: str | os.PathLike[str], **model_overrides: Any) -> tuple[nn.Module, ArrayTree]:
+def save_trained(directory: str | os.PathLike[str], variables: ArrayTree) -> None:
+  """Write the compact network's trained variables next to ``compact.json`` (``load_compact(trained=True)``)."""
+  payload = flax.serialization.msgpack_serialize(jax.device_get(variables))
+  files.write_bytes(epath.Path(directory) / TRAINED_FILE, payload)
+
+
+def load_compact(directory: str | os.PathLike[str], trained: bool = False,
+                 **model_overrides: Any) -> tuple[nn.Module, ArrayTree]:
   """``(model, variables)`` of a compact network saved by ``save_compact`` (e.g. a prune.py workdir).
 
+  ``trained=False``: the variables the compact network starts training from
+  (its initialization; ``compact_variables.msgpack``, written before training).
+  ``trained=True``: the variables after the run's last epoch (``compact_variables_trained.msgpack``,
+  written when training ends; FileNotFoundError if the run trained nothing yet).
   ``model_overrides`` go to ``get_model`` too (e.g. ``conv_general_dilated=``).
   """
   directory = epath.Path(directory)
@@ -88,5 +102,8 @@ def load_compact(directory: str | os.PathLike[str], **model_overrides: Any) -> t
   record = json.loads((directory / COMPACT_FILE).read_text())
   kwargs = {key: _tuples(value) for key, value in record['model_kwargs'].items()}
   model = get_model(record['model'], record['num_classes'], **kwargs, **model_overrides)
-  variables = flax.serialization.msgpack_restore((directory / VARIABLES_FILE).read_bytes())
-  return model, variables
+  path = directory / (TRAINED_FILE if trained else VARIABLES_FILE)
+  if trained and not path.exists():
+    raise FileNotFoundError(f'{directory} holds no trained compact variables ({TRAINED_FILE}): the run has trained '
+                            'no epoch yet (config.num_epochs=0, or it was stopped before its end; rerun it to finish)')
+  return model, flax.serialization.msgpack_restore(path.read_bytes())

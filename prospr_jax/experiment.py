@@ -111,6 +111,7 @@ def prune_and_train(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       return results
     results['pruned'] = trainer.train(config, pruned_setup, pruned_mask, workdir / 'pruned',
                                       title=f'{config.criterion} pruned')
+    pruned_network.export_trained(config, pruned_setup, pruned_mask, workdir / 'pruned', workdir)
     if config.compare_dense:
       results['dense'] = trainer.train(config, setup, masks_lib.all_ones_mask(setup.variables['params']),
                                        workdir / 'dense', title='dense')
@@ -147,12 +148,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   with claimed(config, workdir):
     setup = make_setup(config)
     params = setup.variables['params']
-    mask = load_mask_for(config, setup) if config.mask_path else masks_lib.all_ones_mask(params)
-    entries, weights = pruned_network.reports(config, setup, mask)
+    if config.mask_path:
+      mask = load_mask_for(config, setup)
+      entries, weights = pruned_network.reports(config, setup, mask)
+    else:  # dense is dense: a weight mask of ones, and no channel to report, whatever config.prune.structured says
+      mask = masks_lib.all_ones_mask(params)
+      entries, weights = pruned_network.mask_reports(setup.model, params, mask, structured=False)
     log.info('Training with %.2f%% of the prunable weights (%s):\n%s', 100 * weights.density,
              config.mask_path or 'dense', entries)
     train_setup, train_mask = pruned_network.build(config, setup, mask, workdir) if config.mask_path else (setup, mask)
     result = trainer.train(config, train_setup, train_mask, workdir, title='masked' if config.mask_path else 'dense')
+    if config.mask_path:
+      pruned_network.export_trained(config, train_setup, train_mask, workdir, workdir)
     if jax.process_index() == 0:
       print(format_results(config, {'pruned': result, 'weight_sparsity': 1.0 - weights.density},
                            name='masked' if config.mask_path else 'dense'), flush=True)

@@ -5,9 +5,11 @@ A weight mask trains the full network with the mask. A channel mask
 (``channels.expand``: kernel slices, biases, BatchNorm scale and offset) and,
 with ``config.prune.compact`` (the default), becomes the compact network
 (``compaction.compact``), trained dense from the same initial weights. The
-workdir then holds ``compact.json`` and ``compact_variables.msgpack``
-(``compaction.load_compact`` rebuilds it) and ``compaction.json``, the cost of
-the dense network against the compact one.
+workdir then holds ``compact.json`` and ``compact_variables.msgpack`` (the
+weights training starts from; ``compaction.load_compact`` rebuilds it),
+``compaction.json``, the cost of the dense network against the compact one, and
+once training ends ``compact_variables_trained.msgpack`` (``export_trained``;
+``load_compact(workdir, trained=True)``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,20 @@ import ml_collections
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax import ablations, channels, compaction, cost, files, initialization, masks as masks_lib, models, seeds
+from prospr_jax import (
+  ablations,
+  channels,
+  checkpointing,
+  compaction,
+  cost,
+  files,
+  initialization,
+  masks as masks_lib,
+  models,
+  seeds,
+  sharding,
+  trainer,
+)
 from prospr_jax.criteria import registry
 from prospr_jax.models import plans
 from prospr_jax.sparsity import SparsityReport, sparsity_report
@@ -105,6 +120,25 @@ def build(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree,
     write_costs(config, setup, compact_setup, ones, workdir)
   log.info('Training the compact network: %s', plans.width_fields(narrow))
   return compact_setup, ones
+
+
+def export_trained(config: ml_collections.ConfigDict, compact_setup: Setup, mask: ArrayTree, train_dir: pathlib.Path,
+                   workdir: pathlib.Path) -> None:
+  """Write the compact network's trained variables (newest checkpoint in ``train_dir``) next to ``compact.json``."""
+  if not (config.prune.structured and config.prune.compact):
+    return
+  checkpointer = checkpointing.Checkpointer(train_dir / 'checkpoints')
+  try:
+    initial = sharding.replicate(compact_setup.variables['params'], compact_setup.mesh)
+    state, _, _ = checkpointer.restore(trainer.initial_state(config, compact_setup, mask), initial)
+  finally:
+    checkpointer.close()
+  trained = {**compact_setup.variables, 'params': state.params}
+  if 'batch_stats' in trained:
+    trained['batch_stats'] = state.batch_stats
+  trained = sharding.host_value(trained)
+  if jax.process_index() == 0:
+    compaction.save_trained(workdir, trained)
 
 
 def channel_counts(mask: ArrayTree) -> dict[str, list[int]]:

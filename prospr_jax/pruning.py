@@ -34,7 +34,7 @@ from prospr_jax import (
   seeds,
   sharding,
 )
-from prospr_jax.criteria import prospr as prospr_lib, registry, structured
+from prospr_jax.criteria import prospr as prospr_lib, registry
 from prospr_jax.models import plans
 from prospr_jax.sparsity import SparsityReport
 
@@ -112,12 +112,7 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   kwargs = criterion_kwargs(config, model, variables)
   if criterion.batches_per_round:  # round r >= 1 reads the next ``count`` batches of the same stream
     kwargs['round_batches'] = lambda r: _stacked_global_batches(batches, count, mesh)
-  if criterion.channel_costs and config.prune.structured:
-    first = jax.tree.map(lambda x: x[0], stacked)
-    plan = plans.channel_plan(model, params)
-    positions = structured.kernel_positions(loss_fn, params, first)
-    kwargs['channel_costs'] = channel_scores.channel_flops(plan, params, positions)
-  return score(criterion, stacked, loss_fn=loss_fn, **kwargs)
+  return score(criterion, stacked, loss_fn=loss_fn, **kwargs)  # 3SP: score_channels costs the channels
 
 
 def _scorer(config: ml_collections.ConfigDict, model, params: ArrayTree, loss_fn):

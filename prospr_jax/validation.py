@@ -34,6 +34,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.prune.inner_lr > 0, f'config.prune.inner_lr must be positive, got {config.prune.inner_lr}'),
       (not config.prune.streamed or (config.criterion == 'prospr' and config.prune.first_order),
        'config.prune.streamed needs config.criterion="prospr" and config.prune.first_order=True'),
+      (config.prune.structured or not registry.get_criterion(config.criterion).structured_only,
+       (f'config.criterion={config.criterion!r} prunes channels, not single weights: set '
+        f'config.prune.structured=True, or choose one of {", ".join(registry.UNSTRUCTURED)}')),
   ]
   for ok, message in checks:
     if not ok:

@@ -133,3 +133,21 @@ def test_dead_channels_stay_exactly_zero_through_momentum_weight_decay_a_restore
   assert not np.asarray(stream['OptionABlock_8']['__call__'][0])[..., 6 + 1].any()    # ... at the network's end
   assert not np.asarray(stream['OptionABlock_4']['BatchNorm_0']['__call__'][0])[..., 2].any()
   assert np.asarray(stream['OptionABlock_8']['__call__'][0])[..., 6].any()
+
+
+def test_an_untied_per_kernel_resnet_mask_is_called_so_and_the_fix_is_named():
+  model, variables, plan = net('resnet18', width=2, small_input=True)
+  batches = (jax.random.normal(jax.random.key(1), (1, 2, 16, 16, 3)), jnp.array([[0, 1]]))
+  loss_fn = prospr_jax.flax_loss_fn(model, variables)
+  scores = prospr_jax.snip_saliency(variables['params'], batches, loss_fn=loss_fn, structured=True)
+  untied = prospr_jax.global_topk_mask(scores, 0.5, keep_one_per_layer=True)
+  with pytest.raises(ValueError, match=r'per-kernel \(untied\) channel mask.*BasicBlock_0/Conv_1/kernel is tied '
+                                       r'into Conv_0/kernel.*prospr_jax.score_channels') as refusal:
+    channels.check_mask(plan, untied)
+  assert 'another model' not in str(refusal.value)
+
+
+def test_named_paths_names_each_leaf_by_its_key_tuple():
+  tree = {'block': {'conv': {'kernel': np.ones((1, 2)), 'bias': np.ones(2)}}}
+  assert [names for names, _ in channels.named_paths(tree)] == [('block', 'conv', 'bias'), ('block', 'conv', 'kernel')]
+  assert not hasattr(channels, 'named_leaves')  # masks.named_leaves joins the names: one name, one meaning

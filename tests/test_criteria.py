@@ -55,8 +55,27 @@ def test_every_registered_criterion_takes_the_common_signature(name):
   extra = {'sparsity': 0.5, 'rounds': 3} if name in prospr_jax.ITERATIVE else {}
   if name == 'synflow':
     extra['apply_fn'] = lambda p, x: MLP().apply({'params': p}, x)
+  if prospr_jax.get_criterion(name).channel_costs:  # alone it cannot see which layers read a channel
+    snip = prospr_jax.snip_saliency(params, batches, loss_fn=loss_fn, structured=True)
+    extra['channel_costs'] = jax.tree.map(jnp.ones_like, snip)
   scores = prospr_jax.get_criterion(name)(params, batches, loss_fn=loss_fn, structured=True, **extra)
   assert scores['Dense_2']['kernel'] is None  # the classifier
   assert scores['Dense_0']['kernel'].shape == (12,) and scores['Dense_0']['bias'] is None
   masks = prospr_jax.global_topk_mask(scores, 0.5)
   assert sum(int(m.sum()) for m in jax.tree.leaves(masks)) == 12
+
+
+def test_structured_only_criteria_are_not_among_the_unstructured_names_and_configs_refuse_them_unstructured():
+  from configs import default
+  from prospr_jax import validation
+  from prospr_jax.criteria import registry
+  structured_only = {name for name, criterion in registry.CRITERIA.items() if criterion.structured_only}
+  assert structured_only == {'three_sp', 'three_sp_reinit', 'three_sp_rescale'}
+  assert registry.UNSTRUCTURED == tuple(name for name in registry.CRITERIA if name not in structured_only)
+  config = default.get_config()
+  config.criterion = 'three_sp_rescale'
+  with pytest.raises(validation.ConfigError,
+                     match="three_sp_rescale' prunes channels.*prune.structured=True, or choose one of prospr, snip"):
+    validation.validate_config(config)
+  config.prune.structured = True
+  validation.validate_config(config)

@@ -111,6 +111,8 @@ def test_every_registered_criterion_prunes_the_default_config(tmp_path, criterio
   config = default.get_config()
   config.criterion, config.num_epochs = criterion, 0
   config.prune.update(sparsity=0.95, num_steps=1, batch_size=16, rounds=3)
+  if prospr_jax.get_criterion(criterion).structured_only:  # 3SP: channels, costed by the FLOPs each one saves
+    config.prune.update(structured=True, keep_one_per_layer=True, compact=False)
   experiment.prune_and_train(config, tmp_path)
   report = json.loads((tmp_path / 'sparsity_report.json').read_text())
   assert report['criterion'] == criterion and report['kept'] == int(np.ceil(report['total'] * 0.05 - 1e-9))
@@ -144,10 +146,14 @@ def test_a_structured_run_compacts_trains_the_compact_network_reports_its_cost_a
   results = experiment.prune_and_train(structured_config(), tmp_path)
   assert results['kept_channels'] == 48 and results['channel_sparsity'] == 0.5 and results['pruned']['step'] == 22
   mask = {name: np.asarray(m) for name, m in np.load(tmp_path / 'mask.npz').items()}
-  model, variables = prospr_jax.load_compact(tmp_path)
+  model, variables = prospr_jax.load_compact(tmp_path)  # the weights training started from
   assert model.widths == (int(mask['Conv_0/kernel'].sum()), int(mask['Conv_1/kernel'].sum()))
   trained = final_params(tmp_path / 'pruned')
   jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), trained, variables['params'])
+  same_model, exported = prospr_jax.load_compact(tmp_path, trained=True)
+  assert same_model == model and set(exported) == {'params', 'batch_stats'}
+  jax.tree.map(np.testing.assert_array_equal, exported['params'], trained)
+  assert not np.array_equal(exported['params']['Conv_0']['kernel'], variables['params']['Conv_0']['kernel'])
   costs = json.loads((tmp_path / 'compaction.json').read_text())
   assert costs['compact']['flops_per_example'] < 0.5 * costs['dense']['flops_per_example']
   assert costs['compact']['parameters'] < costs['dense']['parameters']
@@ -156,6 +162,23 @@ def test_a_structured_run_compacts_trains_the_compact_network_reports_its_cost_a
   caplog.set_level('INFO', logger='prospr_jax')
   again = experiment.prune_and_train(structured_config(num_epochs=2), tmp_path)
   assert 'Resumed from the checkpoint at step 22' in caplog.text and again['pruned']['step'] == 44
+  _, exported = prospr_jax.load_compact(tmp_path, trained=True)  # rewritten after the resumed training
+  jax.tree.map(np.testing.assert_array_equal, exported['params'], final_params(tmp_path / 'pruned'))
+
+
+def test_load_compact_trained_says_when_the_run_trained_nothing_and_train_py_exports_the_trained_ones(tmp_path):
+  experiment.prune_and_train(structured_config(num_epochs=0), tmp_path / 'prune')
+  prospr_jax.load_compact(tmp_path / 'prune')
+  with pytest.raises(FileNotFoundError, match='no trained compact variables.*num_epochs=0'):
+    prospr_jax.load_compact(tmp_path / 'prune', trained=True)
+  experiment.train_and_evaluate(structured_config(mask_path=str(tmp_path / 'prune' / 'mask.npz')), tmp_path / 'train')
+  _, exported = prospr_jax.load_compact(tmp_path / 'train', trained=True)
+  jax.tree.map(np.testing.assert_array_equal, exported['params'], final_params(tmp_path / 'train'))
+
+
+def test_train_py_trains_the_dense_network_under_a_structured_config(tmp_path):
+  result = experiment.train_and_evaluate(structured_config(num_epochs=0), tmp_path)
+  assert 0 <= result['eval_top1'] <= 1 and not (tmp_path / 'compact.json').exists()
 
 
 def test_train_py_trains_a_structured_mask_masked_at_full_width_with_dead_channels_exactly_zero(tmp_path):

@@ -9,32 +9,98 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax import channel_scores, channels, initialization, pruned_network, seeds
-from prospr_jax.criteria import structured
+from prospr_jax import channel_scores, channels, experiment, initialization, pruned_network, pruning, seeds
+from prospr_jax.criteria import registry, scores as scores_lib, structured
 from prospr_jax.models import get_model, init_variables, plans
 
 
-def two_layer_loss(params, batch):
-  """``L = (x W1 w2)^2 / 2`` on one example: a linear net with two hidden units."""
+def linear_loss(params, batch):
+  """``L = (x W1 W2 W3)^2 / 2`` on one example: a linear net 1 -> 2 -> 3 -> 1."""
   x, _ = batch
-  return 0.5 * jnp.sum(x @ params['l1']['kernel'] @ params['l2']['kernel']) ** 2
+  return 0.5 * jnp.sum(x @ params['l1']['kernel'] @ params['l2']['kernel'] @ params['l3']['kernel']) ** 2
 
 
-PARAMS = {'l1': {'kernel': jnp.array([[1.0, 2.0], [3.0, -1.0]])}, 'l2': {'kernel': jnp.array([[1.0], [2.0]])}}
-BATCHES = (jnp.ones((1, 1, 2)), jnp.zeros((1, 1), jnp.int32))
-HIDDEN = lambda path, leaf: path == ('l1', 'kernel')
+PARAMS = {'l1': {'kernel': jnp.array([[1.0, 2.0]])}, 'l2': {'kernel': jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])},
+          'l3': {'kernel': jnp.ones((3, 1))}}
+BATCHES = (jnp.ones((1, 1, 1)), jnp.zeros((1, 1), jnp.int32))
+LINEAR_PLAN = channels.ChannelPlan('linear', (
+    channels.ChannelGroup('l1/kernel', 2, (channels.Slot(('l1',), (0, 1)),), readers=(channels.Slot(('l2',), (0, 1)),)),
+    channels.ChannelGroup('l2/kernel', 3, (channels.Slot(('l2',), (0, 1, 2)),),
+                          readers=(channels.Slot(('l3',), (0, 1, 2)),)),
+))
+# x W1 = [1, 2], x W1 W2 = [1, 2, 3], z = 6, L = 18. dL/dc of a hidden unit: z * (its activation) * (its path to z):
+# layer 1, paths W2 W3 = [2, 2]: [6 * 1 * 2, 6 * 2 * 2] = [12, 24]; layer 2, paths W3 = 1: [6, 12, 18].
+# FLOPs its removal saves (2 per multiply-add, one output position): a layer-1 unit's filter (fan-in 1) is 2,
+# the row of W2 that reads it (3 weights) 6: F = 8. A layer-2 unit's filter (fan-in 2) is 4, W3's row 2: F = 6.
+LINEAR_SCORES = np.array([12 / 8, 24 / 8, 6 / 6, 12 / 6, 18 / 6]) / 10.5
 
 
-def test_three_sp_scores_sensitivity_per_flop_by_hand():
-  # x W1 = [4, 1], z = 4 * 1 + 1 * 2 = 6, L = 18; dL/dc_j = z (x W1)_j w2_j = [24, 12].
-  # Producing a hidden unit costs 2 multiply-adds per example (fan-in 2): 2 * 1 * 2 = 4 FLOPs.
-  scores = prospr_jax.three_sp_saliency(PARAMS, BATCHES, loss_fn=two_layer_loss, structured=True, prunable=HIDDEN)
-  np.testing.assert_allclose(scores['l1']['kernel'], [(24 / 4) / 9, (12 / 4) / 9])
-  costly_first = {'l1': {'kernel': jnp.array([8.0, 1.0])}, 'l2': {'kernel': None}}
-  scores = prospr_jax.three_sp_saliency(PARAMS, BATCHES, loss_fn=two_layer_loss, structured=True, prunable=HIDDEN,
+def test_three_sp_scores_sensitivity_per_flop_removed_by_hand_on_the_harness_path():
+  criterion = registry.get_criterion('three_sp')  # what prune.py calls, through score_channels
+  scores = channel_scores.score_channels(criterion, LINEAR_PLAN, PARAMS, BATCHES, loss_fn=linear_loss)
+  np.testing.assert_allclose(np.concatenate([scores['l1/kernel'], scores['l2/kernel']]), LINEAR_SCORES, rtol=1e-12)
+  library = channel_scores.score_channels(prospr_jax.three_sp_saliency, LINEAR_PLAN, PARAMS, BATCHES,
+                                          loss_fn=linear_loss)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), library, scores)
+  # the producing share alone (2 and 4 FLOPs) would rank layer 1's units first: 24 / 2 = 12 against 18 / 4 = 4.5
+  mask = prospr_jax.global_topk_mask(scores, 0.6)
+  assert mask['l1/kernel'].tolist() == [False, True] and mask['l2/kernel'].tolist() == [False, False, True]
+
+
+def test_three_sp_with_given_costs_divides_by_them():
+  hidden = lambda path, leaf: path == ('l1', 'kernel')
+  costly_first = {'l1': {'kernel': jnp.array([8.0, 1.0])}, 'l2': {'kernel': None}, 'l3': {'kernel': None}}
+  scores = prospr_jax.three_sp_saliency(PARAMS, BATCHES, loss_fn=linear_loss, structured=True, prunable=hidden,
                                         channel_costs=costly_first)
-  np.testing.assert_allclose(scores['l1']['kernel'], [3 / 15, 12 / 15])  # 24 / 8 = 3 against 12 / 1 = 12
-  assert prospr_jax.global_topk_mask(scores, 0.5)['l1']['kernel'].tolist() == [False, True]
+  np.testing.assert_allclose(scores['l1']['kernel'], [1.5 / 25.5, 24 / 25.5])  # 12 / 8 against 24 / 1
+
+
+def test_three_sp_on_channels_without_costs_or_a_plan_names_score_channels():
+  with pytest.raises(ValueError, match='which later layers read.*prospr_jax.score_channels.*channel_plan'):
+    prospr_jax.three_sp_saliency(PARAMS, BATCHES, loss_fn=linear_loss, structured=True)
+
+
+def test_three_sp_per_weight_divides_by_the_two_flops_of_each_multiply_add():
+  scores = prospr_jax.three_sp_saliency(PARAMS, BATCHES, loss_fn=linear_loss)
+  snip = prospr_jax.snip_saliency(PARAMS, BATCHES, loss_fn=linear_loss)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), scores, snip)  # one position: F = 2 each
+
+
+def test_score_channels_costs_the_channels_itself_when_the_criterion_takes_channel_costs():
+  model = get_model('resnet20', 3, width=2)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
+  params, plan = variables['params'], plans.channel_plan(model, variables['params'])
+  batches = (jax.random.normal(jax.random.key(1), (1, 4, 8, 8, 1)), jnp.array([[0, 1, 2, 0]]))
+  loss_fn = prospr_jax.flax_loss_fn(model, variables)
+  scores = channel_scores.score_channels(prospr_jax.three_sp_saliency, plan, params, batches, loss_fn=loss_fn)
+  positions = structured.kernel_positions(loss_fn, params, scores_lib.batch_at(batches, 0))
+  costs = channel_scores.channel_flops(plan, params, positions)
+  given = channel_scores.score_channels(prospr_jax.three_sp_saliency, plan, params, batches, loss_fn=loss_fn,
+                                        channel_costs=costs)
+  jax.tree.map(np.testing.assert_array_equal, scores, given)
+
+
+def test_the_harness_scores_3sp_as_structured_snip_per_flop_removed(tmp_path):
+  from configs import default
+  config = default.get_config()
+  config.criterion = 'three_sp'
+  config.prune.update(structured=True, num_steps=0, batch_size=16)
+  setup = experiment.make_setup(config)
+  score = lambda name: pruning.compute_scores(dict_with(config, criterion=name), setup.model, setup.variables,
+                                              setup.info, setup.train_source, setup.mesh)
+  three_sp, snip = score('three_sp'), score('snip')
+  # small_cnn on 8x8x1: conv 3x3 1->32 (8x8 out), conv 3x3/2 32->64 (4x4 out), global pool, dense 64->10
+  flops = {'Conv_0/kernel': 2 * 64 * 9 * 1 + 2 * 16 * 9 * 64, 'Conv_1/kernel': 2 * 16 * 9 * 32 + 2 * 1 * 10}
+  per_flop = {name: np.asarray(s) / flops[name] for name, s in snip.items()}
+  total = sum(s.sum() for s in per_flop.values())
+  for name, s in per_flop.items():
+    np.testing.assert_allclose(three_sp[name], s / total, rtol=1e-5)  # float32 params
+
+
+def dict_with(config, **overrides):
+  copy = config.copy_and_resolve_references()
+  copy.update(overrides)
+  return copy
 
 
 def test_three_sp_with_equal_costs_ranks_like_structured_snip():

@@ -52,6 +52,8 @@ class Criterion:
   (FORCE and Iter SNIP, as the authors' code draws them). ``channel_costs``: takes
   each mask entry's FLOPs (3SP). ``initialization``: how the pruned network starts,
   ``'keep'`` its initial weights, ``'reinit'`` or ``'rescale'`` (``prospr_jax/initialization.py``).
+  ``structured_only``: a method of channels (3SP): a config must set ``prune.structured``
+  (``validation.py``), and sweeps over every criterion of unstructured pruning leave it out (``UNSTRUCTURED``).
   """
   fn: SaliencyFn
   settings: tuple[str, ...] = ()
@@ -62,6 +64,7 @@ class Criterion:
   batches_per_round: bool = False
   channel_costs: bool = False
   initialization: str = 'keep'
+  structured_only: bool = False
 
   @property
   def default_rounds(self) -> int | None:
@@ -93,11 +96,14 @@ CRITERIA: dict[str, Criterion] = {
     'force': Criterion(force_saliency, batches_per_round=True),
     'magnitude': Criterion(magnitude_saliency, needs_data=False),
     'random': Criterion(random_saliency, needs_data=False, seeded=True),
-    'three_sp': Criterion(first_batch_only(three_sp_saliency), channel_costs=True),
-    'three_sp_reinit': Criterion(first_batch_only(three_sp_saliency), channel_costs=True, initialization='reinit'),
-    'three_sp_rescale': Criterion(first_batch_only(three_sp_saliency), channel_costs=True, initialization='rescale'),
+    'three_sp': Criterion(first_batch_only(three_sp_saliency), channel_costs=True, structured_only=True),
+    'three_sp_reinit': Criterion(first_batch_only(three_sp_saliency), channel_costs=True, initialization='reinit',
+                                 structured_only=True),
+    'three_sp_rescale': Criterion(first_batch_only(three_sp_saliency), channel_costs=True, initialization='rescale',
+                                  structured_only=True),
 }
 ITERATIVE = frozenset(name for name, criterion in CRITERIA.items() if criterion.prunes_in_rounds)
+UNSTRUCTURED = tuple(name for name, criterion in CRITERIA.items() if not criterion.structured_only)  # registry order
 
 
 def get_criterion(name: str) -> Criterion:

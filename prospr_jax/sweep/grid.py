@@ -6,7 +6,7 @@ all hold the same number.
 
 Criteria are the registry's (pruning at initialization) and the two references
 that prune the trained dense network of the same seed (``after_training.REFERENCES``);
-``all`` is the registry's alone.
+``all`` is the registry's unstructured criteria alone (not 3SP, which is structured only).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def parse_criteria(text: str) -> tuple[str, ...]:
   """``prospr,snip,lottery_rewind`` or ``all`` (every registered criterion, no reference); unknown names refused."""
   names = [name.strip() for name in text.split(',') if name.strip()]
   if names == ['all']:
-    return tuple(registry.CRITERIA)
+    return registry.UNSTRUCTURED
   if not names:
     raise ValueError(f'--criteria: name at least one criterion, or all; valid names: {_valid_criteria()}')
   for name in names:
