@@ -18,13 +18,11 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from mask_comparison import flat, kept_overlap, pruning_batches  # benchmarks/ is the script's folder
 
 import prospr_jax
-from prospr_jax import masks as masks_lib
-from prospr_jax.data import info as info_lib, sources
 from prospr_jax.models import conv, get_model, init_variables
 
 _MODEL = flags.DEFINE_string('model', 'vgg16', 'A model of prospr_jax.models taking 28x28x1 Fashion-MNIST images.')
@@ -34,27 +32,6 @@ _PRECISIONS = flags.DEFINE_list('precisions', ['default', 'high', 'highest'], 'j
 _SPARSITIES = flags.DEFINE_list('sparsities', ['0.9', '0.98'], 'Sparsities at which to compare the kept weights.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Fashion-MNIST IDX folder (default: the Debian package\'s).')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/matmul_precision.json', 'JSON results.')
-
-
-def pruning_batches(data_dir: str | None, batch_size: int, steps: int) -> tuple[jax.Array, jax.Array]:
-  """M + 1 standardized Fashion-MNIST training batches, the first ``(M + 1) * batch_size`` images of a fixed shuffle."""
-  source = sources.idx_source('fashion_mnist', 'train', data_dir)
-  info = info_lib.get_dataset_info('fashion_mnist')
-  index = np.random.default_rng(0).permutation(len(source))[:(steps + 1) * batch_size]
-  images = (source.images[index].astype(np.float32) / 255 - np.float32(info.mean[0])) / np.float32(info.std[0])
-  shape = (steps + 1, batch_size)
-  return jnp.asarray(images.reshape(*shape, 28, 28, 1)), jnp.asarray(source.labels[index].astype(np.int32).reshape(shape))
-
-
-def flat(scores) -> np.ndarray:
-  return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(scores)])
-
-
-def kept_overlap(a, b, sparsity: float) -> float:
-  """The fraction of ``b``'s kept weights that ``a`` keeps too, at ``sparsity`` (global top-k of each)."""
-  mask_a = flat(masks_lib.global_topk_mask(a, sparsity)) > 0
-  mask_b = flat(masks_lib.global_topk_mask(b, sparsity)) > 0
-  return float(np.sum(mask_a & mask_b) / np.sum(mask_b))
 
 
 def main(argv):
@@ -88,7 +65,7 @@ def main(argv):
   out.write_text(json.dumps({'device': jax.devices()[0].device_kind, 'jax': jax.__version__, 'model': _MODEL.value,
                              'batch_size': _BATCH.value, 'steps': _STEPS.value, 'reference': 'highest',
                              'rows': rows}, indent=1))
-  print(f'| precision | exact ProsPr s | rel. L2 diff. of scores vs highest | '
+  print('| precision | exact ProsPr s | rel. L2 diff. of scores vs highest | '
         + ' | '.join(f'kept overlap at {float(sp):.0%}' for sp in _SPARSITIES.value) + ' |')
   print('|---|---|---|' + '---|' * len(_SPARSITIES.value))
   for r in rows:

@@ -7,7 +7,12 @@ first-order ProsPr. Wall time is the median of repeats after one warm-up call;
 compile time is lower + compile of the jitted function. Prints a table with
 ratios to the train step and writes JSON. Not part of the test suite.
 
+``--reference=torch`` also measures the PyTorch reference (``benchmarks/torch_reference.py``, the authors'
+unrolled meta-gradient; needs the ``bench`` extra) for train_step, exact and first_order, each in its own process;
+its rows read ``torch`` in the conv column, and every prospr_jax row gets its time and peak RSS over torch's.
+
   python benchmarks/saliency.py --models=small_cnn,resnet20,vgg16 --batch_sizes=16 --steps=3
+  python benchmarks/saliency.py --models=resnet20,vgg16 --batch_sizes=256 --steps=3 --reference=torch
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ flags.DEFINE_integer('num_classes', 10, 'Output classes (1000 for ImageNet).')
 flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the median is reported (0: the first '
                      'call after compiling, for baselines too slow to repeat).')
 flags.DEFINE_integer('timeout', 1800, 'Seconds one configuration may take before it is reported as timed out.')
+flags.DEFINE_enum('reference', None, ['torch'], 'Also measure this reference (benchmarks/torch_reference.py) '
+                  'for the train_step, exact and first_order modes.')
 flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON goes.')
 flags.DEFINE_list('table_from', [], 'Only print one table from these JSON result files.')
 flags.DEFINE_string('worker', None, 'Internal: run one configuration, given as JSON, and print its result.')
@@ -66,9 +73,13 @@ def _time_calls(fn, args, repeats, block):
 
 def run_worker(config: dict) -> dict:
   """Measure one (model, batch_size, steps, mode) in this process."""
+  if config['conv_impl'] == 'torch':  # the reference: no jax in this process, so its peak RSS is torch's own
+    import torch_reference
+    return torch_reference.run_worker(config)
   import jax
   import jax.numpy as jnp
   import optax
+
   import prospr_jax
   from prospr_jax.models import get_model
   from prospr_jax.models.conv import resolve_conv_impl
@@ -126,7 +137,7 @@ def run_worker(config: dict) -> dict:
 def run_in_subprocess(config: dict) -> dict:
   command = [sys.executable, __file__, f'--worker={json.dumps(config)}']
   try:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=FLAGS.timeout)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=FLAGS.timeout)
   except subprocess.TimeoutExpired:
     return dict(config, error=f'timed out after {FLAGS.timeout} s')
   lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
@@ -147,8 +158,10 @@ def format_table(results: list[dict]) -> str:
   seconds = {key(r): r['seconds'] for r in results if 'seconds' in r}
   step_of = lambda r: next((v for (m, b, _, mode, c), v in seconds.items()
                             if (m, b, mode, c) == (r['model'], r['batch_size'], 'train_step', r['conv_impl'])), None)
+  torch_of = {key(r)[:4]: r for r in results if r['conv_impl'] == 'torch' and 'seconds' in r}
   header = (f'{"model":<9} {"batch":>5} {"M":>4} {"mode":<11} {"conv":<9} {"wall s":>9} {"x step":>7} '
-            f'{"lax/this":>8} {"compile s":>9} {"peak GiB":>8} {"+GiB":>6} {"dev GiB":>7}')
+            f'{"lax/this":>8} {"compile s":>9} {"peak GiB":>8} {"+GiB":>6} {"dev GiB":>7}'
+            + (f' {"t/torch":>7} {"mem/torch":>9}' if torch_of else ''))
   rows = [header, '-' * len(header)]
   for r in results:
     lead = f'{r["model"]:<9} {r["batch_size"]:>5} {r["steps"]:>4} {r["mode"]:<11} {r["conv_impl"]:<9}'
@@ -156,12 +169,18 @@ def format_table(results: list[dict]) -> str:
       rows.append(f'{lead} {r["error"]}')
       continue
     step = step_of(r)
-    lax_seconds = seconds.get(key(dict(r, conv_impl='lax')))
+    lax_seconds = seconds.get(key(dict(r, conv_impl='lax'))) if r['conv_impl'] != 'torch' else None
     ratio = f'{r["seconds"] / step:>6.1f}x' if step else f'{"-":>7}'
     speedup = f'{lax_seconds / r["seconds"]:>7.1f}x' if lax_seconds else f'{"-":>8}'
-    rows.append(f'{lead} {r["seconds"]:>9.3f} {ratio} {speedup} {r["compile_seconds"]:>9.1f} '
-                f'{r["peak_rss_bytes"] / 2**30:>8.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f} '
-                f'{_gib(r.get("device_peak_bytes")):>7}')
+    compile_seconds = '-' if r['compile_seconds'] is None else f'{r["compile_seconds"]:.1f}'
+    row = (f'{lead} {r["seconds"]:>9.3f} {ratio} {speedup} {compile_seconds:>9} '
+           f'{r["peak_rss_bytes"] / 2**30:>8.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f} '
+           f'{_gib(r.get("device_peak_bytes")):>7}')
+    if torch_of:
+      ref = torch_of.get(key(r)[:4]) if r['conv_impl'] != 'torch' else None
+      row += (f' {r["seconds"] / ref["seconds"]:>6.2f}x {r["peak_rss_bytes"] / ref["peak_rss_bytes"]:>8.2f}x' if ref
+              else f' {"-":>7} {"-":>9}')
+    rows.append(row)
   return '\n'.join(rows)
 
 
@@ -179,17 +198,22 @@ def main(argv):
       for steps in map(int, FLAGS.steps):
         for mode in FLAGS.modes:
           for conv_impl in FLAGS.conv_impls:
-            config = dict(model=model, batch_size=batch_size, steps=steps, mode=mode, conv_impl=conv_impl,
-                          image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
-                          repeats=FLAGS.repeats)
+            config = {'model': model, 'batch_size': batch_size, 'steps': steps, 'mode': mode,
+                      'conv_impl': conv_impl, 'image_size': FLAGS.image_size, 'num_classes': FLAGS.num_classes,
+                      'repeats': FLAGS.repeats}
+            print(f'measuring {config} ...', file=sys.stderr, flush=True)
+            results.append(run_in_subprocess(config))
+          if FLAGS.reference and mode != 'streamed':
+            config = dict(config, conv_impl=FLAGS.reference)
             print(f'measuring {config} ...', file=sys.stderr, flush=True)
             results.append(run_in_subprocess(config))
   load = os.getloadavg()
-  machine = dict(platform=platform.platform(), cpus=os.cpu_count(), load_average=load,
-                 python=platform.python_version())
+  machine = {'platform': platform.platform(), 'cpus': os.cpu_count(), 'load_average': load,
+             'python': platform.python_version()}
   print(format_table(results))
-  print(f'\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs; '
-        f'{next((r["device"] + ", jax " + r["jax_version"] for r in results if "device" in r), "")}')
+  versions = [f'{r["device"]}, jax {r["jax_version"]}' for r in results if 'jax_version' in r][:1]
+  versions += [f'torch {r["torch_version"]} on {r["device"]}' for r in results if 'torch_version' in r][:1]
+  print(f'\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs; {"; ".join(versions)}')
   out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({'machine': machine, 'results': results}, indent=2))

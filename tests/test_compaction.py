@@ -24,8 +24,25 @@ FAMILIES = {  # name: (model kwargs, input shape); ResNet-50's blocks in a shall
     'resnet18': ({'width': 2}, (16, 16, 3)),  # the ImageNet stem: 7x7/2 conv and max-pool
     'bottleneck': ({'width': 2, 'stage_sizes': (2, 1, 1, 1), 'small_input': True}, (8, 8, 3)),  # ResNet-50's blocks
 }
+# The full-depth nets at tiny widths, which differ between stages and between a block's inner convs and its
+# stream, and repeat within a stage as in the dense nets (XLA reuses the repeated blocks' kernels: faster compiles).
+FULL_DEPTH = {
+    'vgg16': ({'widths': (4, 4, 5, 5, 3, 3, 3, 6, 6, 6, 4, 4, 4)}, (16, 16, 3)),
+    'vgg19_imagenet_head': ({'widths': (3, 3, 5, 5, 4, 4, 4, 4, 6, 6, 6, 6, 3, 3, 3, 3), 'imagenet_head': True,
+                             'hidden': (6, 5), 'dropout_rate': 0.0}, (16, 16, 3)),
+    'resnet34': ({'stage_widths': (4, 6, 5, 7), 'block_widths': ((3,),) * 3 + ((4,),) * 4 + ((5,),) * 6 + ((3,),) * 3},
+                 (16, 16, 3)),  # the ImageNet stem: 7x7/2 conv and max-pool
+    'resnet50_small_input': ({'small_input': True, 'stem_width': 3, 'stage_widths': (6, 5, 7, 4),
+                              'block_widths': ((2, 3),) * 3 + ((4, 3),) * 4 + ((3, 2),) * 6 + ((2, 4),) * 3},
+                             (8, 8, 3)),
+    'resnet18_small_input': ({'small_input': True, 'stage_widths': (5, 4, 6, 3),
+                              'block_widths': ((3,),) * 2 + ((5,),) * 2 + ((4,),) * 2 + ((2,),) * 2}, (8, 8, 3)),
+}
 CONSTRUCTORS = {'vgg13_imagenet_head': functools.partial(get_model, 'vgg13'),
-                'bottleneck': lambda n, **kw: ResNet(block=Bottleneck, num_classes=n, **kw)}
+                'bottleneck': lambda n, **kw: ResNet(block=Bottleneck, num_classes=n, **kw),
+                'vgg19_imagenet_head': functools.partial(get_model, 'vgg19'),
+                'resnet50_small_input': functools.partial(get_model, 'resnet50'),
+                'resnet18_small_input': functools.partial(get_model, 'resnet18')}
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -37,13 +54,27 @@ def perturbed_init(model, x):
   return jax.tree.unflatten(treedef, [v + 0.2 * jax.random.uniform(k, v.shape, v.dtype) for k, v in zip(keys, leaves)])
 
 
+def host_init(model, x):
+  """float64 variables drawn by numpy, like ``perturbed_init``'s but with no ``model.init`` to compile (26 s of CPU for
+  the tiny ResNet-50): kernels N(0, 1 / fan-in); biases, BatchNorm offsets and means U(0, 0.2); BatchNorm scales and
+  variances 1 + U(0, 0.2)."""
+  rng = np.random.default_rng(0)
+  def draw(path, leaf):
+    name = masks_lib.path_names(path)[-1]
+    if name == 'kernel':
+      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape)
+    return (name in ('scale', 'var')) + 0.2 * rng.random(leaf.shape)
+  abstract = plans.abstract_variables(model, x.shape[1:])
+  return jax.tree_util.tree_map_with_path(lambda p, v: jnp.asarray(draw(p, v), jnp.float64), abstract)
+
+
 @functools.cache
 def network(family):
   """(model, float64 variables, inputs, labels)."""
-  kwargs, shape = FAMILIES[family]
+  kwargs, shape = {**FAMILIES, **FULL_DEPTH}[family]
   model = CONSTRUCTORS.get(family, functools.partial(get_model, family))(5, **kwargs)
   x = jax.random.normal(jax.random.key(1), (4, *shape), jnp.float64)
-  return model, perturbed_init(model, x), x, jnp.arange(4) % 5
+  return model, (host_init if family in FULL_DEPTH else perturbed_init)(model, x), x, jnp.arange(4) % 5
 
 
 def random_mask(plan, density, seed=0, single=None):
@@ -59,7 +90,13 @@ def random_mask(plan, density, seed=0, single=None):
   return mask
 
 
-@functools.partial(jax.jit, static_argnames='model')
+# XLA:CPU's older fusion emitters compile these float64 programs about twice as fast (ResNet-34 at tiny widths: 1.9 s
+# against 3.7 s); what they compute is the same.
+FAST_COMPILE = {'xla_cpu_use_fusion_emitters': False}
+masked_params = jax.jit(prospr_jax.apply_mask, compiler_options=FAST_COMPILE)  # eager: a compile per leaf shape
+
+
+@functools.partial(jax.jit, static_argnames='model', compiler_options=FAST_COMPILE)
 def outputs_and_gradients(model, variables, x, y):
   """Eval-mode logits; train-mode logits and the cross-entropy's gradient w.r.t. the params (batch statistics)."""
   def loss(params):
@@ -72,8 +109,7 @@ def outputs_and_gradients(model, variables, x, y):
 def assert_masked_equals_compact(family, mask):
   model, variables, x, y = network(family)
   plan = plans.channel_plan(model, variables['params'])
-  masked = {**variables, 'params': prospr_jax.apply_mask(variables['params'], channels.expand(plan, mask,
-                                                                                              variables['params']))}
+  masked = {**variables, 'params': masked_params(variables['params'], channels.expand(plan, mask, variables['params']))}
   narrow, small = prospr_jax.compact(model, variables, mask)
   compaction.check_shapes(narrow, small, x.shape[1:])
   *logits, grads = outputs_and_gradients(model, masked, x, y)
@@ -82,7 +118,7 @@ def assert_masked_equals_compact(family, mask):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(expected))), err_msg=mode)
   kept_grads = channels.compact_tree(plan, mask, grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), compact_grads, kept_grads)
-  return narrow
+  return narrow, small
 
 
 @pytest.mark.parametrize('family', sorted(FAMILIES))
@@ -99,7 +135,7 @@ def test_compaction_is_exact_at_several_sparsities_and_with_a_single_channel_lef
   model, variables, _, _ = network(family)
   plan = plans.channel_plan(model, variables['params'])
   mask = random_mask(plan, density, seed=3, single=single)
-  narrow = assert_masked_equals_compact(family, mask)
+  narrow, _ = assert_masked_equals_compact(family, mask)
   if single is not None:
     assert plans.width_fields(narrow) and int(mask[plan.groups[single].name].sum()) == 1
 
@@ -112,6 +148,60 @@ def test_full_depth_networks_compact_to_the_shapes_their_narrow_model_initialise
   plan = plans.channel_plan(model, variables['params'])
   narrow, small = prospr_jax.compact(model, variables, random_mask(plan, 0.4, seed=7))
   compaction.check_shapes(narrow, small, (32, 32, 3))
+
+
+def residual_streams(model):
+  """Per stage, the BatchNorms whose outputs add into its residual stream, from the architecture (not the plan)."""
+  kind, bottleneck = model.block.__name__, model.block.expansion != 1
+  last, projection = (2, 3) if bottleneck else (1, 2)
+  first = np.cumsum((0, *model.stage_sizes))
+  return [([f'{kind}_{first[s]}/BatchNorm_{projection}'] if s > 0 or bottleneck else ['BatchNorm_0'])  # or the stem
+          + [f'{kind}_{b}/BatchNorm_{last}' for b in range(first[s], first[s + 1])]
+          for s in range(len(model.stage_sizes))]
+
+
+def assert_each_stream_is_kept_or_removed_whole(model, variables, mask, narrow, small):
+  """One mask entry per stream; every block adding into it keeps the same channels; the compact width is theirs."""
+  for stage, norms in enumerate(residual_streams(model)):
+    kernels = [norm.replace('BatchNorm_', 'Conv_') + '/kernel' for norm in norms]
+    entries = [k for k in kernels if k in mask]
+    assert len(entries) == 1, (stage, entries)
+    kept = np.flatnonzero(mask[entries[0]])
+    assert narrow.stage_widths[stage] == len(kept)
+    for norm in norms:
+      path = norm.split('/')
+      for collection, leaf in (('params', 'scale'), ('params', 'bias'), ('batch_stats', 'mean'),
+                               ('batch_stats', 'var')):
+        dense, compact = variables[collection], small[collection]
+        for name in path:
+          dense, compact = dense[name], compact[name]
+        np.testing.assert_array_equal(compact[leaf], np.asarray(dense[leaf])[kept], err_msg=f'{norm} {leaf}')
+
+
+@pytest.mark.parametrize('family, density, single', [
+    ('vgg16', 0.3, 'Conv_12/kernel'),  # the last conv: the classifier reads one channel
+    ('vgg16', 0.7, 'Conv_0/kernel'),
+    ('vgg19_imagenet_head', 0.3, 'Conv_15/kernel'),  # one channel of the flattened 7x7 map
+    ('vgg19_imagenet_head', 0.7, 'Dense_1/kernel'),  # a hidden Dense layer
+    ('resnet34', 0.3, 'BasicBlock_7/Conv_2/kernel'),  # stage 3's stream: 6 blocks' last convs and a projection
+    ('resnet34', 0.7, 'BasicBlock_5/Conv_0/kernel'),
+    ('resnet50_small_input', 0.3, 'Bottleneck_13/Conv_3/kernel'),  # the last stream, read by the classifier
+    ('resnet50_small_input', 0.7, 'Conv_0/kernel'),  # the stem (free in bottleneck nets)
+    ('resnet18_small_input', 0.3, 'Conv_0/kernel'),  # stage 1's stream, written by the stem too
+    ('resnet18_small_input', 0.7, 'BasicBlock_4/Conv_0/kernel'),
+])
+def test_full_depth_networks_compact_exactly_at_two_sparsities_with_one_channel_left_and_streams_kept_whole(
+    family, density, single):
+  model, variables, _, _ = network(family)
+  plan = plans.channel_plan(model, variables['params'])
+  mask = random_mask(plan, density, seed=8, single=plan.names().index(single))
+  narrow, small = assert_masked_equals_compact(family, mask)
+  node = small['params']
+  for name in single.split('/'):
+    node = node[name]
+  assert node.shape[-1] == 1
+  if isinstance(model, ResNet):
+    assert_each_stream_is_kept_or_removed_whole(model, variables, mask, narrow, small)
 
 
 def test_the_compact_resnets_widths_are_the_kept_channels_of_each_tied_stream():
@@ -130,7 +220,7 @@ def test_resnet20s_compact_shortcut_pads_only_the_kept_padding_channels():
   mask = channels.ones(plan)
   mask['OptionABlock_3/Conv_1/kernel'] = np.array([False, True, False, False])  # stage 2 keeps 1 low, 0 high
   mask['OptionABlock_6/Conv_1/kernel'][:] = False  # stage 3 adds no channel of its own
-  narrow = assert_masked_equals_compact('resnet20', mask)
+  narrow, _ = assert_masked_equals_compact('resnet20', mask)
   assert narrow.shortcut_pads == ((1, 0), (0, 0)) and narrow.stage_widths == (4, 5, 5)
 
 
