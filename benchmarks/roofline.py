@@ -14,6 +14,7 @@ import json
 import pathlib
 import time
 
+import programs
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -51,28 +52,6 @@ def matmul_rates() -> dict[str, float]:
   return rates
 
 
-def program(name: str):
-  import jax
-  import jax.numpy as jnp
-  import optax
-  import prospr_jax
-  from prospr_jax.models import get_model
-  from prospr_jax.models.conv import resolve_conv_impl
-  model = get_model(FLAGS.model, 10, conv_general_dilated=resolve_conv_impl(FLAGS.conv_impl))
-  m, b = FLAGS.steps, FLAGS.batch_size
-  x = jax.random.normal(jax.random.key(0), (m + 1, b, 32, 32, 3), jnp.float32)
-  y = jax.random.randint(jax.random.key(1), (m + 1, b), 0, 10)
-  variables = model.init(jax.random.key(2), x[0])
-  params, loss_fn = variables['params'], prospr_jax.flax_loss_fn(model, variables)
-  if name == 'train_step':
-    optimizer = optax.sgd(0.1, momentum=0.9)
-    def fn(params, opt_state, batch):
-      updates, opt_state = optimizer.update(jax.grad(loss_fn)(params, batch), opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
-    return fn, (params, optimizer.init(params), (x[0], y[0]))
-  return (lambda params, batches: prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn)), (params, (x, y))
-
-
 def main(argv):
   del argv
   import jax
@@ -81,7 +60,7 @@ def main(argv):
     print(f'{name:<28} {rate:7.1f} GFLOP/s')
   rows = []
   for name in FLAGS.programs:
-    fn, args = program(name)
+    fn, args = programs.build(name, FLAGS.model, FLAGS.batch_size, FLAGS.steps, FLAGS.conv_impl)
     compiled = jax.jit(fn).lower(*args).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -34,7 +34,8 @@ flags.DEFINE_list('models', ['small_cnn', 'resnet20', 'vgg16'], 'Models from pro
 flags.DEFINE_list('batch_sizes', ['16'], 'Batch sizes.')
 flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
 flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure.')
-flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (models/conv.py), side by side.')
+flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (models/conv.py), side by side; '
+                  'name:MiB caps the im2col columns held at once (lean im2col).')
 flags.DEFINE_integer('image_size', 32, 'Input height and width (224 for ImageNet models).')
 flags.DEFINE_integer('num_classes', 10, 'Output classes (1000 for ImageNet).')
 flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the median is reported (0: the first '
@@ -82,10 +83,10 @@ def run_worker(config: dict) -> dict:
 
   import prospr_jax
   from prospr_jax.models import get_model
-  from prospr_jax.models.conv import resolve_conv_impl
+  from prospr_jax.models.conv import resolve_conv_spec
 
   classes, size = config.get('num_classes', 10), config.get('image_size', 32)
-  model = get_model(config['model'], classes, conv_general_dilated=resolve_conv_impl(config['conv_impl']))
+  model = get_model(config['model'], classes, conv_general_dilated=resolve_conv_spec(config['conv_impl']))
   m, batch_size = config['steps'], config['batch_size']
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
   variables = model.init(key_init, jnp.zeros((1, size, size, 3), jnp.float32))

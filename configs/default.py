@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = 'small_cnn'
   config.model_kwargs = ml_collections.ConfigDict()
   config.conv_impl = 'auto'     # auto | lax | canonical | im2col (prospr_jax/models/conv.py); auto = lax off-CPU
+  # im2col layers hold at most this many MiB of columns and rebuild them in the backward pass: less memory, more
+  # time (README, Performance); unset keeps all columns (fastest)
+  config.conv_column_mib = ml_collections.config_dict.placeholder(float)
 
   config.criterion = 'prospr'  # a name from prospr_jax.CRITERIA
   config.distribution = 'global'  # how the budget splits across layers: global, uniform or erk

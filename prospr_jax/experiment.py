@@ -66,7 +66,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
     if size > len(train_source):
       raise validation.ConfigError(f'config.{name}={size} is more than the {len(train_source)} training records '
                                    f'of {config.dataset}: lower it')
-  conv = conv_lib.resolve_conv_impl(config.conv_impl)
+  conv = conv_lib.resolve_conv_impl(config.conv_impl, column_mib=config.get('conv_column_mib'))
   log.info('conv_impl %s on %s: %s', config.conv_impl, jax.default_backend(),
            'lax.conv_general_dilated' if conv is None else conv.__name__)
   model = get_model(config.model, info.num_classes, conv_general_dilated=conv, **config.model_kwargs)

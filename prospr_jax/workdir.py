@@ -52,9 +52,12 @@ MATTERS_ONLY_WITH = {'prune.compact': 'prune.structured'}
 
 
 def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """Dotted names of the fields whose values differ (or that only one side has) and matter."""
+  """Dotted names of the fields whose values differ (or that only one side has) and matter.
+
+  An unset field (None) equals an absent one: a config recorded before the field existed ran without it.
+  """
   old, new = flatten(recorded), flatten(current)
-  differing = (key for key in old.keys() | new.keys() if old.get(key, '<absent>') != new.get(key, '<absent>'))
+  differing = (key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
   return sorted(key for key in differing
                 if not (key in MATTERS_ONLY_WITH and not old.get(MATTERS_ONLY_WITH[key])
                         and not new.get(MATTERS_ONLY_WITH[key])))

@@ -51,8 +51,8 @@ def test_auto_is_lax_off_cpu_and_per_layer_on_cpu():
     conv.resolve_conv_impl('eigen')
 
 
-def meta_gradient_problem(model_name, conv_impl, size, **kwargs):
-  model = get_model(model_name, 10, conv_general_dilated=conv.resolve_conv_impl(conv_impl, 'cpu'), **kwargs)
+def meta_gradient_problem(model_name, conv_impl, size, column_mib=None, **kwargs):
+  model = get_model(model_name, 10, conv_general_dilated=conv.resolve_conv_impl(conv_impl, 'cpu', column_mib), **kwargs)
   x = jax.random.normal(jax.random.key(0), (2, 2, size, size, 3))  # M = 1, batches of 2
   y = jnp.arange(4).reshape(2, 2) % 10
   variables = model.init(jax.random.key(1), x[0], train=False)
@@ -76,11 +76,49 @@ def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolut
 
 # Small nets that still have layers on both sides of auto's 64-input-channel switch (ResNet-20's last stage has 64);
 # VGG pools 4 times.
-@pytest.mark.parametrize('model_name, size, kwargs', [('resnet20', 8, {}), ('vgg11', 32, {'width': 0.25})])
+# column_mib=0.01: lean im2col, with VGG's 32x32 layers split into one-image chunks.
+@pytest.mark.parametrize('model_name, size, kwargs', [('resnet20', 8, {}), ('vgg11', 32, {'width': 0.25}),
+                                                      ('vgg11', 32, {'width': 0.25, 'column_mib': 0.01})])
 def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs):
-  params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **kwargs)
+  params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **{**kwargs, 'column_mib': None})
   _, _, auto_loss = meta_gradient_problem(model_name, 'auto', size, **kwargs)
   a = prospr_jax.prospr_saliency(params, batches, loss_fn=auto_loss)
   b = prospr_jax.prospr_saliency(params, batches, loss_fn=lax_loss)
   # float64 round-off differs between the implementations: compare against each layer's largest score.
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=0, atol=1e-9 * float(jnp.max(jnp.abs(v)))), a, b)
+
+
+@pytest.mark.parametrize('kernel, strides, padding', [(3, (1, 1), 'SAME'), (3, (2, 2), 'VALID'),
+                                                     (3, (2, 2), ((1, 2), (0, 1))), (1, (2, 2), 'SAME')])
+def test_lean_im2col_over_batch_chunks_equals_lax_conv_to_second_order(kernel, strides, padding):
+  lean = conv.resolve_conv_impl('im2col', 'cpu', column_mib=1e-6)  # one image per chunk: a loop of 3
+  x = jax.random.normal(jax.random.key(0), (3, 7, 6, 3))
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+  ours = lambda x, w: lean(x, w, strides, padding, dimension_numbers=conv.NHWC)
+  ref = lambda x, w: lax_conv(x, w, strides, padding)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
+  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-11), a, b)
+  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
+    close(make(ours)(x, w), make(ref)(x, w))
+  batched = jax.vmap(jax.grad(loss(ours), (0, 1))), jax.vmap(jax.grad(loss(ref), (0, 1)))  # GraSP maps over batches
+  close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
+
+
+def test_a_gradient_through_lean_im2col_never_holds_the_whole_batchs_columns():
+  """The backward pass rebuilds each chunk's columns: XLA may not keep the forward's (by CSE or early scheduling)."""
+  x, w = jnp.ones((32, 16, 16, 16), jnp.float32), jnp.ones((3, 3, 16, 16), jnp.float32)
+  columns_bytes = 32 * 16 * 16 * 3 * 3 * 16 * 4  # 4.7 MB
+  temp = {}
+  for name, column_mib in (('im2col', None), ('lean', columns_bytes / 32 / 2**20)):  # lean: one image per chunk
+    conv_fn = conv.resolve_conv_impl('im2col', 'cpu', column_mib=column_mib)
+    loss = lambda x, w, f=conv_fn: jnp.sum(jnp.tanh(f(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)))
+    temp[name] = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().memory_analysis().temp_size_in_bytes
+  assert temp['im2col'] > columns_bytes > 2 * temp['lean'], temp  # measured: 2.1x and 0.4x the columns
+
+
+def test_lean_conv_settings_resolve_to_one_function_each_and_bad_budgets_are_refused():
+  assert conv.resolve_conv_impl('auto', 'cpu', column_mib=64) is conv.resolve_conv_impl('auto', 'cpu', column_mib=64)
+  assert conv.resolve_conv_impl('auto', 'gpu', column_mib=64) is None  # off-CPU: plain lax, the budget is moot
+  with pytest.raises(ValueError, match='conv_column_mib must be a positive number of MiB or None'):
+    conv.resolve_conv_impl('auto', 'cpu', column_mib=0)

@@ -263,3 +263,12 @@ def test_a_field_that_matters_only_with_another_may_be_absent_from_an_older_work
   workdir_lib.check_config(tmp_path, small_config())  # unstructured: compaction changes nothing
   with pytest.raises(workdir_lib.WorkdirError, match='prune.structured'):
     workdir_lib.check_config(tmp_path, small_config(**{'prune.structured': True}))
+
+
+def test_an_unset_field_may_be_absent_from_an_older_workdir_but_a_set_one_is_refused(tmp_path):
+  recorded = small_config().to_dict()
+  recorded.pop('conv_column_mib')  # a workdir made before the field existed
+  (tmp_path / 'config.json').write_text(json.dumps(recorded))
+  workdir_lib.check_config(tmp_path, small_config())  # unset: the run it records ran the same way
+  with pytest.raises(workdir_lib.WorkdirError, match='conv_column_mib'):
+    workdir_lib.check_config(tmp_path, small_config(conv_column_mib=64.0))

@@ -15,6 +15,11 @@ fixes, both exact:
 ``auto`` resolves before tracing: plain ``lax`` off-CPU; on CPU, per layer,
 ``canonical`` for stride-1 layers with 5-63 input channels and ``im2col`` for the
 rest (``benchmarks/conv_impl.py`` and ``benchmarks/saliency.py`` measure why).
+
+im2col's columns are ``kh * kw`` times the layer's input (576 MiB for VGG-16's
+32x32x64 layer at batch 256) and autodiff keeps them for the backward pass.
+``column_mib`` trades time for memory: ``lean_im2col`` loops over batch chunks
+and rebuilds the columns in the backward pass (``benchmarks/memory.py``).
 """
 
 from __future__ import annotations
@@ -64,67 +69,137 @@ def _weight_grad(x, g, strides, pads, k_hw):
   return out[:, :k_hw[0], :k_hw[1], :].transpose(1, 2, 0, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_f(x, w, strides, pads):
-  return _forward(x, w, strides, pads)
+def _after(x, cotangent):
+  """``x`` itself, computed after ``cotangent`` exists: ``x + 0 * cotangent[0]`` (exact for a finite cotangent).
+
+  A backward pass that rebuilds im2col columns from ``x`` must not look like the forward's: XLA:CPU would merge the
+  two (CSE) or schedule the rebuild early, keeping every layer's columns alive from forward to backward. Its
+  optimization barriers are expanded before CSE and scheduling, so ``jax.checkpoint`` cannot stop this on CPU; a
+  data dependency on the cotangent does.
+  """
+  return x + (cotangent.ravel()[0] * 0).astype(x.dtype)
 
 
-def _f_fwd(x, w, strides, pads):
-  return conv_f(x, w, strides, pads), (x, w)
+def _family(forward, input_grad, weight_grad, name: str, recompute_after_cotangent: bool):
+  """``F(x, w)``, ``D(g, w)`` and ``W(x, g)`` as ``jax.custom_vjp``s whose backward passes are written with the other
+  two, so derivatives of every order contain only these three, each keeping only its two inputs as residuals.
+  ``recompute_after_cotangent``: the backward passes recompute large intermediates of ``x`` (see ``_after``)."""
+  tie = _after if recompute_after_cotangent else (lambda x, cotangent: x)
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+  def f(x, w, strides, pads):
+    return forward(x, w, strides, pads)
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+  def d(g, w, strides, pads, x_hw):
+    return input_grad(g, w, strides, pads, x_hw)
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+  def wg(x, g, strides, pads, k_hw):
+    return weight_grad(x, g, strides, pads, k_hw)
+
+  def f_bwd(strides, pads, res, c):
+    x, w = res
+    x = tie(x, c)
+    return d(c, w, strides, pads, x.shape[1:3]), wg(x, c, strides, pads, w.shape[:2])
+
+  def d_bwd(strides, pads, x_hw, res, c):
+    g, w = res  # <c, D(g, w)> = <F(c, w), g>
+    return f(c, w, strides, pads), wg(c, g, strides, pads, w.shape[:2])
+
+  def w_bwd(strides, pads, k_hw, res, c):
+    x, g = res  # <c, W(x, g)> = <F(x, c), g>
+    x = tie(x, c)
+    return d(g, c, strides, pads, x.shape[1:3]), f(x, c, strides, pads)
+
+  f.defvjp(lambda x, w, strides, pads: (f(x, w, strides, pads), (x, w)), f_bwd)
+  d.defvjp(lambda g, w, strides, pads, x_hw: (d(g, w, strides, pads, x_hw), (g, w)), d_bwd)
+  wg.defvjp(lambda x, g, strides, pads, k_hw: (wg(x, g, strides, pads, k_hw), (x, g)), w_bwd)
+  for fn, suffix in ((f, 'f'), (d, 'd'), (wg, 'w')):
+    fn.__name__ = f'{name}_{suffix}'
+  return f, d, wg
 
 
-def _f_bwd(strides, pads, res, c):
-  x, w = res
-  return conv_d(c, w, strides, pads, x.shape[1:3]), conv_w(x, c, strides, pads, w.shape[:2])
+conv_f, conv_d, conv_w = _family(_forward, _input_grad, _weight_grad, 'conv', recompute_after_cotangent=False)
 
 
-conv_f.defvjp(_f_fwd, _f_bwd)
+def _views(x, k_hw, strides, pads) -> list[jax.Array]:
+  """The ``kh * kw`` shifted, strided views of the padded input, one per kernel tap, each ``(n, ho, wo, cin)``."""
+  (kh, kw), (sh, sw) = k_hw, strides
+  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  return [x[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_d(g, w, strides, pads, x_hw):
-  return _input_grad(g, w, strides, pads, x_hw)
-
-
-def _d_fwd(g, w, strides, pads, x_hw):
-  return conv_d(g, w, strides, pads, x_hw), (g, w)
-
-
-def _d_bwd(strides, pads, x_hw, res, c):
-  g, w = res  # <c, D(g, w)> = <F(c, w), g>
-  return conv_f(c, w, strides, pads), conv_w(c, g, strides, pads, w.shape[:2])
-
-
-conv_d.defvjp(_d_fwd, _d_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_w(x, g, strides, pads, k_hw):
-  return _weight_grad(x, g, strides, pads, k_hw)
-
-
-def _w_fwd(x, g, strides, pads, k_hw):
-  return conv_w(x, g, strides, pads, k_hw), (x, g)
-
-
-def _w_bwd(strides, pads, k_hw, res, c):
-  x, g = res  # <c, W(x, g)> = <F(x, c), g>
-  return conv_d(g, c, strides, pads, x.shape[1:3]), conv_f(x, c, strides, pads)
-
-
-conv_w.defvjp(_w_fwd, _w_bwd)
+def _columns(x, k_hw, strides, pads):
+  """im2col: the views side by side, ``(n, ho, wo, kh*kw*cin)``."""
+  views = _views(x, k_hw, strides, pads)
+  return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
 def im2col(x, w, strides, pads):
-  """The convolution as one matmul over ``kh * kw`` shifted, strided views of the padded input."""
+  """F as one matmul of the whole batch's columns with the flattened kernel; autodiff keeps the columns for the
+  backward pass (fastest; the memory-lean form is ``lean_im2col``)."""
   kh, kw, cin, cout = w.shape
-  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  ho = (x.shape[1] - kh) // strides[0] + 1
-  wo = (x.shape[2] - kw) // strides[1] + 1
-  views = [x[:, i:i + (ho - 1) * strides[0] + 1:strides[0], j:j + (wo - 1) * strides[1] + 1:strides[1], :]
-           for i in range(kh) for j in range(kw)]
-  columns = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-  return (columns.reshape(-1, kh * kw * cin) @ w.reshape(kh * kw * cin, cout)).reshape(x.shape[0], ho, wo, cout)
+  columns = _columns(x, (kh, kw), strides, pads)
+  return (columns.reshape(-1, kh * kw * cin) @ w.reshape(kh * kw * cin, cout)).reshape(*columns.shape[:3], cout)
+
+
+def _chunk_size(n: int, out_hw, k_hw, cin: int, itemsize: int, column_bytes: int) -> int:
+  """The largest divisor of the batch ``n`` whose im2col columns fit ``column_bytes`` (at least 1)."""
+  per_image = out_hw[0] * out_hw[1] * k_hw[0] * k_hw[1] * cin * itemsize
+  limit = max(1, column_bytes // per_image)
+  return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _over_chunks(fn, chunk: int, *arrays, summed: bool = False):
+  """``fn`` over batch chunks of ``arrays`` in a loop, so one chunk's intermediates are live at a time (unrolled,
+  XLA fuses or schedules the chunks together and holds all of them): the results stacked, or ``summed``."""
+  n = arrays[0].shape[0]
+  if chunk == n:
+    return fn(*arrays)
+  chunks = tuple(a.reshape(n // chunk, chunk, *a.shape[1:]) for a in arrays)
+  if not summed:
+    return lax.map(lambda parts: fn(*parts), chunks)
+  total = jax.eval_shape(fn, *(c[0] for c in chunks))
+  return lax.scan(lambda acc, parts: (acc + fn(*parts), None), jnp.zeros(total.shape, total.dtype), chunks)[0]
+
+
+def _out_hw(x_hw, k_hw, strides, pads) -> tuple[int, int]:
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x_hw, k_hw, strides, pads))
+
+
+@functools.cache
+def lean_im2col(column_bytes: int) -> Callable[[jax.Array, jax.Array, tuple[int, int], Pads], jax.Array]:
+  """im2col that holds at most ``column_bytes`` of columns at a time: a closed F/D/W family (as ``canonical``) whose
+  ops loop over batch chunks and keep only their inputs, rebuilding columns in the backward pass."""
+
+  def forward(x, w, strides, pads):
+    kh, kw, cin, cout = w.shape
+    matrix = w.reshape(kh * kw * cin, cout)
+    out_hw = _out_hw(x.shape[1:3], (kh, kw), strides, pads)
+    chunk = _chunk_size(x.shape[0], out_hw, (kh, kw), cin, x.dtype.itemsize, column_bytes)
+    y = _over_chunks(lambda xc: _columns(xc, (kh, kw), strides, pads).reshape(-1, kh * kw * cin) @ matrix, chunk, x)
+    return y.reshape(x.shape[0], *out_hw, cout)
+
+  def input_grad(g, w, strides, pads, x_hw):  # g @ kernel^T, scattered back by col2im (the gather's transpose)
+    kh, kw, cin, cout = w.shape
+    matrix = w.reshape(kh * kw * cin, cout)
+    chunk = _chunk_size(g.shape[0], g.shape[1:3], (kh, kw), cin, g.dtype.itemsize, column_bytes)
+    col2im = jax.linear_transpose(lambda x: _columns(x, (kh, kw), strides, pads),
+                                  jax.ShapeDtypeStruct((chunk, *x_hw, cin), g.dtype))
+    dx = _over_chunks(lambda gc: col2im((gc.reshape(-1, cout) @ matrix.T).reshape(*gc.shape[:3], kh * kw * cin))[0],
+                      chunk, g)
+    return dx.reshape(g.shape[0], *x_hw, cin)
+
+  def weight_grad(x, g, strides, pads, k_hw):  # columns^T @ g, summed over chunks
+    cin, cout = x.shape[3], g.shape[3]
+    chunk = _chunk_size(x.shape[0], g.shape[1:3], k_hw, cin, x.dtype.itemsize, column_bytes)
+    part = lambda xc, gc: (_columns(xc, k_hw, strides, pads).reshape(-1, k_hw[0] * k_hw[1] * cin).T
+                           @ gc.reshape(-1, cout))
+    return _over_chunks(part, chunk, x, g, summed=True).reshape(*k_hw, cin, cout)
+
+  return _family(forward, input_grad, weight_grad, f'lean_im2col_{column_bytes}', recompute_after_cotangent=True)[0]
 
 
 def _is_plain(dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count) -> bool:
@@ -157,25 +232,54 @@ canonical_conv = _make(conv_f, 'canonical')
 im2col_conv = _make(im2col, 'im2col')
 
 
-def _auto_cpu(lhs, rhs, strides, pads):
-  """Per layer: canonical for stride-1 layers with few input channels, im2col for the rest.
+def _uses_im2col(rhs, strides) -> bool:
+  """auto on CPU, per layer: canonical for stride-1 layers with 5-63 input channels, im2col for the rest.
 
   im2col wins where the matmul is wide (>= 64 input channels), on strided layers (the canonical weight-gradient
   of a strided conv is a convolution with a large, mostly zero kernel) and on the RGB stem.
   """
-  use_im2col = rhs.shape[2] >= IM2COL_MIN_CHANNELS or strides != (1, 1) or rhs.shape[2] <= 4
-  return (im2col if use_im2col else conv_f)(lhs, rhs, strides, pads)
+  return rhs.shape[2] >= IM2COL_MIN_CHANNELS or strides != (1, 1) or rhs.shape[2] <= 4
+
+
+def _auto_cpu(lhs, rhs, strides, pads):
+  return (im2col if _uses_im2col(rhs, strides) else conv_f)(lhs, rhs, strides, pads)
 
 
 auto_cpu_conv = _make(_auto_cpu, 'auto_cpu')
 CONV_IMPLS = ('auto', 'lax', 'canonical', 'im2col')
 
 
-def resolve_conv_impl(name: str, platform: str | None = None) -> ConvFn | None:
-  """The ``conv_general_dilated`` for ``name``; ``None`` means flax's default (plain ``lax``)."""
+def resolve_conv_impl(name: str, platform: str | None = None, column_mib: float | None = None) -> ConvFn | None:
+  """The ``conv_general_dilated`` for ``name``; ``None`` means flax's default (plain ``lax``).
+
+  ``column_mib``: im2col layers (``im2col``, and ``auto`` on CPU) hold at most this many MiB of columns at a time and
+  rebuild them in the backward pass (``lean_im2col``): less memory, more time (README, Performance).
+  """
   if name not in CONV_IMPLS:
     raise ValueError(f'unknown conv_impl {name!r}; valid names: {", ".join(CONV_IMPLS)}')
+  if column_mib is not None and not column_mib > 0:
+    raise ValueError(f'conv_column_mib must be a positive number of MiB or None (keep all columns), got {column_mib!r}')
   platform = platform or jax.default_backend()
-  if name == 'auto':
-    return auto_cpu_conv if platform == 'cpu' else None
-  return {'lax': None, 'canonical': canonical_conv, 'im2col': im2col_conv}[name]
+  if name == 'lax' or (name == 'auto' and platform != 'cpu'):
+    return None
+  if name == 'canonical':
+    return canonical_conv
+  if column_mib is None:
+    return im2col_conv if name == 'im2col' else auto_cpu_conv
+  return _lean_conv(name, max(1, int(column_mib * 2**20)))
+
+
+@functools.cache
+def _lean_conv(name: str, column_bytes: int) -> ConvFn:
+  """One function per setting, so models built twice compare equal and reuse compiled programs."""
+  lean = lean_im2col(column_bytes)
+  if name == 'im2col':
+    return _make(lean, 'lean_im2col')
+  return _make(lambda lhs, rhs, strides, pads: (lean if _uses_im2col(rhs, strides) else conv_f)(lhs, rhs, strides, pads),
+               'lean_auto_cpu')
+
+
+def resolve_conv_spec(spec: str, platform: str | None = None) -> ConvFn | None:
+  """``resolve_conv_impl`` from ``'name'`` or ``'name:column_mib'`` (e.g. ``'auto:64'``), as the benchmarks take it."""
+  name, _, column_mib = spec.partition(':')
+  return resolve_conv_impl(name, platform, float(column_mib) if column_mib else None)

@@ -89,7 +89,8 @@ def cell_row(cell: Cell, workdir: pathlib.Path) -> dict[str, Any] | None:
 def prunable_weights(config: ml_collections.ConfigDict) -> int:
   """The number of prunable weights (kernels: ``ndim > 1``) of the config's model, from shapes alone."""
   info = data.get_dataset_info(config.dataset)
-  model = get_model(config.model, info.num_classes, conv_general_dilated=conv_lib.resolve_conv_impl(config.conv_impl),
+  model = get_model(config.model, info.num_classes, conv_general_dilated=conv_lib.resolve_conv_impl(
+                        config.conv_impl, column_mib=config.get('conv_column_mib')),
                     **config.model_kwargs)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                           jax.ShapeDtypeStruct((1, *info.input_shape), jnp.float32))
