@@ -123,17 +123,12 @@ def _family(forward, input_grad, weight_grad, name: str, recompute_after_cotange
 conv_f, conv_d, conv_w = _family(_forward, _input_grad, _weight_grad, 'conv', recompute_after_cotangent=False)
 
 
-def _views(x, k_hw, strides, pads) -> list[jax.Array]:
-  """The ``kh * kw`` shifted, strided views of the padded input, one per kernel tap, each ``(n, ho, wo, cin)``."""
+def _columns(x, k_hw, strides, pads):
+  """im2col: the ``kh * kw`` shifted, strided views of the padded input side by side, ``(n, ho, wo, kh*kw*cin)``."""
   (kh, kw), (sh, sw) = k_hw, strides
   x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  return [x[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
-
-
-def _columns(x, k_hw, strides, pads):
-  """im2col: the views side by side, ``(n, ho, wo, kh*kw*cin)``."""
-  views = _views(x, k_hw, strides, pads)
+  views = [x[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
   return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
@@ -241,11 +236,12 @@ def _uses_im2col(rhs, strides) -> bool:
   return rhs.shape[2] >= IM2COL_MIN_CHANNELS or strides != (1, 1) or rhs.shape[2] <= 4
 
 
-def _auto_cpu(lhs, rhs, strides, pads):
-  return (im2col if _uses_im2col(rhs, strides) else conv_f)(lhs, rhs, strides, pads)
+def _auto_cpu(im2col_kernel):
+  return lambda lhs, rhs, strides, pads: (im2col_kernel if _uses_im2col(rhs, strides) else conv_f)(
+      lhs, rhs, strides, pads)
 
 
-auto_cpu_conv = _make(_auto_cpu, 'auto_cpu')
+auto_cpu_conv = _make(_auto_cpu(im2col), 'auto_cpu')
 CONV_IMPLS = ('auto', 'lax', 'canonical', 'im2col')
 
 
@@ -275,8 +271,7 @@ def _lean_conv(name: str, column_bytes: int) -> ConvFn:
   lean = lean_im2col(column_bytes)
   if name == 'im2col':
     return _make(lean, 'lean_im2col')
-  return _make(lambda lhs, rhs, strides, pads: (lean if _uses_im2col(rhs, strides) else conv_f)(lhs, rhs, strides, pads),
-               'lean_auto_cpu')
+  return _make(_auto_cpu(lean), 'lean_auto_cpu')
 
 
 def resolve_conv_spec(spec: str, platform: str | None = None) -> ConvFn | None:
