@@ -98,7 +98,8 @@ def main(argv):
   try:
     _run(config_filename, workdir)
   except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
-    failure = entry.failure_of(error, workdir)  # one line: user errors 2, a full disk 1, Ctrl-C 130
+    running = error.directory if isinstance(error, sweep.CellInterrupted) else workdir  # Ctrl-C names its cell
+    failure = entry.failure_of(error, running)  # one line: user errors 2, a full disk 1, Ctrl-C 130
     if failure is None:
       raise
     message = failure[0].replace('rerun the same command to resume', 'rerun the same command to continue the sweep;'

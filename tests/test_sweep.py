@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from prospr_jax import paper_numbers, sweep
+from prospr_jax import entry, paper_numbers, sweep
 from prospr_jax.criteria import registry
 from prospr_jax.sweep import cells as cells_lib, commands, figure, grid as grid_lib, runner, table
 
@@ -291,3 +291,21 @@ def test_a_criterion_that_empties_a_layer_is_recorded_as_layer_collapse_and_the_
   assert rows[0.5]['top1'] is not None and 'collapsed' not in rows[0.5]
   assert 'layer collapse in 1/1' in (tmp_path / 'table.md').read_text()
   assert sweep.run_sweep(base_config(), 'magnitude', '0.5,0.9999', 1, tmp_path).ran == 0  # finished, not retried
+
+
+def test_ctrl_c_in_a_cell_names_that_cells_checkpoint_not_a_finished_cells(monkeypatch, tmp_path):
+  """A sweep holds many cells' checkpoints; the message must say where the interrupted cell resumes from."""
+  finished_cell = tmp_path / 'cells' / 'snip' / 'sparsity_0.5' / 'seed_0' / 'pruned' / 'checkpoints' / '4680'
+  finished_cell.mkdir(parents=True)
+
+  def interrupted(cell, config, workdir):
+    raise KeyboardInterrupt()
+  monkeypatch.setattr(cells_lib, 'run_cell', interrupted)
+  with pytest.raises(sweep.CellInterrupted) as caught:
+    sweep.run_sweep(base_config(), 'magnitude', '0.5', 1, tmp_path)
+  running = grid_lib.Cell('dense', 0.0, 0).directory(tmp_path)
+  assert caught.value.directory == running
+  message, code = entry.failure_of(caught.value, caught.value.directory)
+  assert code == 130 and message.endswith('(before the first checkpoint)') and '4680' not in message
+  (running / 'checkpoints' / '20').mkdir(parents=True)
+  assert f'(step 20 in {running / "checkpoints"})' in entry.failure_of(caught.value, running)[0]

@@ -22,6 +22,7 @@ from prospr_jax.sweep.grid import (
 )
 from prospr_jax.sweep.record import SweepConfigError
 from prospr_jax.sweep.runner import (
+    CellInterrupted,
     SweepOutcome,
     aggregate,
     enable_compilation_cache,
@@ -30,6 +31,6 @@ from prospr_jax.sweep.runner import (
     validate_sweep,
 )
 
-__all__ = ['DENSE', 'PAPER_SPARSITIES', 'Cell', 'Grid', 'SweepConfigError', 'SweepOutcome', 'aggregate', 'cell_config',
+__all__ = ['DENSE', 'PAPER_SPARSITIES', 'Cell', 'CellInterrupted', 'Grid', 'SweepConfigError', 'SweepOutcome', 'aggregate', 'cell_config',
            'config_overrides', 'enable_compilation_cache', 'make_grid', 'parse_criteria', 'parse_sparsities',
            'pending_commands', 'run_only_cell', 'run_sweep', 'validate_sweep']

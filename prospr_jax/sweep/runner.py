@@ -39,6 +39,14 @@ class SweepOutcome:
   seconds: tuple[float, ...]  # wall time of each cell run, in order
 
 
+class CellInterrupted(KeyboardInterrupt):
+  """Ctrl-C (or SIGINT) while a cell ran: carries that cell's folder, whose checkpoint a rerun resumes from."""
+
+  def __init__(self, directory: pathlib.Path):
+    super().__init__(str(directory))
+    self.directory = directory
+
+
 def enable_compilation_cache(directory: str | pathlib.Path) -> None:
   """Keep compiled programs that took over 0.5 s on disk, for the next cells and the next processes."""
   jax.config.update('jax_compilation_cache_dir', str(directory))
@@ -174,6 +182,8 @@ def run_only_cell(config: ml_collections.ConfigDict, cell_text: str, workdir: st
 def _run_one(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
   try:
     return cells_lib.run_cell(cell, cell_config(config, cell), workdir)
+  except KeyboardInterrupt as interrupt:  # the message must name this cell's checkpoint, not a finished cell's
+    raise CellInterrupted(cell.directory(workdir)) from interrupt
   except Exception:
     log.error('sweep: cell %s failed (%s); finished cells are kept, rerunning continues', cell,
               cell.directory(workdir))
