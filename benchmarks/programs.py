@@ -1,8 +1,12 @@
-"""The programs the benchmarks compile: a train step, exact and first-order ProsPr on CIFAR-shaped batches."""
+"""The programs the benchmarks compile: a train step, exact and first-order ProsPr on CIFAR-shaped batches.
+
+``exact`` recomputes each inner step in the backward pass (``jax.checkpoint``, the default); ``exact_stored`` keeps
+every inner step's residuals instead, as the authors' PyTorch code does (``checkpoint_steps=False``).
+"""
 
 from __future__ import annotations
 
-PROGRAMS = ('train_step', 'exact', 'first_order')
+PROGRAMS = ('train_step', 'exact', 'exact_stored', 'first_order')
 
 
 def build(name: str, model_name: str, batch_size: int, steps: int, conv_spec: str, *, abstract: bool = False):
@@ -36,5 +40,6 @@ def build(name: str, model_name: str, batch_size: int, steps: int, conv_spec: st
     return step, (params, optimizer.init(params), (first(x), first(y)))
 
   def saliency(params, batches):
-    return prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, first_order=name == 'first_order')
+    return prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, first_order=name == 'first_order',
+                                      checkpoint_steps=name != 'exact_stored')
   return saliency, (params, (x, y))

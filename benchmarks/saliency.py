@@ -33,7 +33,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('models', ['small_cnn', 'resnet20', 'vgg16'], 'Models from prospr_jax.models (CIFAR shapes).')
 flags.DEFINE_list('batch_sizes', ['16'], 'Batch sizes.')
 flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
-flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure.')
+flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure; exact_stored: '
+                  'exact without recomputing the inner steps (checkpoint_steps=False), as the PyTorch reference.')
 flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (models/conv.py), side by side; '
                   'name:MiB caps the im2col columns held at once (lean im2col).')
 flags.DEFINE_integer('image_size', 32, 'Input height and width (224 for ImageNet models).')
@@ -123,7 +124,8 @@ def run_worker(config: dict) -> dict:
       args = (params, optimizer.init(params), (x[0], y[0]))
     else:
       def fn(params, batches):
-        return prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, first_order=mode == 'first_order')
+        return prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, first_order=mode == 'first_order',
+                                          checkpoint_steps=mode != 'exact_stored')
       args = (params, (x, y))
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
@@ -149,6 +151,11 @@ def run_in_subprocess(config: dict) -> dict:
 
 def _gib(nbytes: int | None) -> str:
   return '-' if nbytes is None else f'{nbytes / 2**30:.2f}'
+
+
+def _torch_key(key: tuple) -> tuple:
+  """The reference row a prospr_jax row is compared with: the reference's exact stores its steps anyway."""
+  return key[:3] + ('exact',) if key[3] == 'exact_stored' else key
 
 
 def format_table(results: list[dict]) -> str:
@@ -178,7 +185,7 @@ def format_table(results: list[dict]) -> str:
            f'{r["peak_rss_bytes"] / 2**30:>8.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f} '
            f'{_gib(r.get("device_peak_bytes")):>7}')
     if torch_of:
-      ref = torch_of.get(key(r)[:4]) if r['conv_impl'] != 'torch' else None
+      ref = torch_of.get(_torch_key(key(r)[:4])) if r['conv_impl'] != 'torch' else None
       row += (f' {r["seconds"] / ref["seconds"]:>6.2f}x {r["peak_rss_bytes"] / ref["peak_rss_bytes"]:>8.2f}x' if ref
               else f' {"-":>7} {"-":>9}')
     rows.append(row)
@@ -204,7 +211,7 @@ def main(argv):
                       'repeats': FLAGS.repeats}
             print(f'measuring {config} ...', file=sys.stderr, flush=True)
             results.append(run_in_subprocess(config))
-          if FLAGS.reference and mode != 'streamed':
+          if FLAGS.reference and mode not in ('streamed', 'exact_stored'):  # its exact stores its steps
             config = dict(config, conv_impl=FLAGS.reference)
             print(f'measuring {config} ...', file=sys.stderr, flush=True)
             results.append(run_in_subprocess(config))
