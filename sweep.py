@@ -4,7 +4,7 @@
 
 Each cell is a normal prune.py (or, dense, train.py) run in <workdir>/cells/...;
 finished cells are skipped, so rerunning the same command continues a stopped
-sweep. The references of the paper's Figure 2 that prune after training
+sweep; --import_results=results/<name> continues it on another machine. The references of the paper's Figure 2 that prune after training
 (--criteria=...,magnitude_after_training,lottery_rewind) start from the dense
 cell of their seed, which runs first (prospr_jax/after_training.py).
 Writes results.jsonl, table.md, table.csv and accuracy_vs_sparsity.{png,pdf}.
@@ -37,6 +37,9 @@ _AGGREGATE = flags.DEFINE_bool('aggregate_only', False, 'Only rebuild results.js
 _ONLY_CELL = flags.DEFINE_string('only_cell', None, 'Run just this cell of the sweep recorded in --workdir, given as '
                                  'criterion,sparsity,seed (lottery_rewind,0.9,0): what --print_commands prints for '
                                  'the cells that prune after training. Aggregates nothing.')
+_IMPORT = flags.DEFINE_string('import_results', None, 'A results folder of this sweep from another machine (its '
+                              'sweep.json and results.jsonl, e.g. results/<name>): its rows become finished cells '
+                              'here (after checking each was trained with this config), so only the rest run.')
 _CACHE = flags.DEFINE_string('compilation_cache', None, 'JAX persistent compilation cache folder (default: '
                              '<workdir>/jax_cache; "" turns it off).')
 
@@ -74,6 +77,11 @@ def _run(config_filename: str, workdir: pathlib.Path) -> None:
   grid = sweep.make_grid(_CRITERIA.value, _SPARSITIES.value, _SEEDS.value)
   sweep.validate_sweep(config, grid)
   entry.check_workdir(workdir)
+  if _IMPORT.value:
+    imported = sweep.import_results(config, grid, _IMPORT.value, workdir)
+    if jax.process_index() == 0:
+      print(f'--import_results: {imported.imported} finished cells imported from {_IMPORT.value} '
+            f'({imported.already} had finished in {workdir} already)', flush=True)
   if _PRINT.value:
     commands = sweep.pending_commands(config, grid, workdir, config_filename, sweep.config_overrides(sys.argv[1:]),
                                       script_dir=os.path.dirname(sys.argv[0]), cache_dir=cache or None)

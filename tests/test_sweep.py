@@ -291,6 +291,10 @@ def test_a_criterion_that_empties_a_layer_is_recorded_as_layer_collapse_and_the_
   assert rows[0.5]['top1'] is not None and 'collapsed' not in rows[0.5]
   assert 'layer collapse in 1/1' in (tmp_path / 'table.md').read_text()
   assert sweep.run_sweep(base_config(), 'magnitude', '0.5,0.9999', 1, tmp_path).ran == 0  # finished, not retried
+  grid = sweep.make_grid('magnitude', '0.5,0.9999', 1)  # a collapsed row is imported as such
+  assert sweep.import_results(base_config(), grid, tmp_path, tmp_path / 'fresh').imported == 3
+  sweep.aggregate(tmp_path / 'fresh', with_figure=False)
+  assert results_rows(tmp_path / 'fresh') == results_rows(tmp_path)
 
 
 def test_ctrl_c_in_a_cell_names_that_cells_checkpoint_not_a_finished_cells(monkeypatch, tmp_path):
@@ -309,3 +313,64 @@ def test_ctrl_c_in_a_cell_names_that_cells_checkpoint_not_a_finished_cells(monke
   assert code == 130 and message.endswith('(before the first checkpoint)') and '4680' not in message
   (running / 'checkpoints' / '20').mkdir(parents=True)
   assert f'(step 20 in {running / "checkpoints"})' in entry.failure_of(caught.value, running)[0]
+
+
+def results_folder(workdir, tmp_path, *left_out):
+  """What a sweep commits (``sweep.json`` and ``results.jsonl``), without the rows of the ``left_out`` cells."""
+  folder = tmp_path / 'results'
+  folder.mkdir()
+  shutil.copy(workdir / 'sweep.json', folder)
+  left_out = {(cell.criterion, cell.sparsity, cell.seed) for cell in left_out}
+  rows = [line for line in (workdir / 'results.jsonl').read_text().splitlines(keepends=True)
+          if tuple(json.loads(line)[key] for key in ('criterion', 'sparsity', 'seed')) not in left_out]
+  (folder / 'results.jsonl').write_text(''.join(rows))
+  return folder
+
+
+def test_another_machine_continues_a_sweep_from_its_results_folder_running_only_the_missing_cells(finished, tmp_path):
+  """The committed rows are the sweep's state: imported, they aggregate back to themselves; the rest runs."""
+  workdir, _ = finished
+  missing = sweep.Cell('random', 0.9, 1)
+  folder, fresh = results_folder(workdir, tmp_path, missing), tmp_path / 'fresh'
+  grid = sweep.make_grid(CRITERIA, SPARSITIES, SEEDS)
+  assert sweep.import_results(base_config(), grid, folder, fresh) == sweep.ImportOutcome(CELLS - 1, 0)
+  assert not list(fresh.glob('cells/**/checkpoints'))  # records only: nothing was trained
+  resumed = sweep.run_sweep(base_config(), CRITERIA, SPARSITIES, SEEDS, fresh)
+  assert (resumed.skipped, resumed.ran, resumed.remaining) == (CELLS - 1, 1, 0)
+  rerun = [(row['criterion'], row['sparsity'], row['seed']) == (missing.criterion, missing.sparsity, missing.seed)
+           for row in results_rows(workdir)]
+  assert [row for row, again in zip(results_rows(fresh), rerun) if not again] == [
+      row for row, again in zip(results_rows(workdir), rerun) if not again]  # imported rows: to the last digit
+  timings = ('pruning_seconds', 'training_seconds', 'cell_seconds')
+  assert [{k: v for k, v in row.items() if k not in timings} for row in results_rows(fresh)] == [
+      {k: v for k, v in row.items() if k not in timings} for row in results_rows(workdir)]  # the rerun cell too
+  assert (fresh / 'table.md').read_text().split('\n')[2:] == (workdir / 'table.md').read_text().split('\n')[2:]
+  assert sweep.import_results(base_config(), grid, folder, fresh) == sweep.ImportOutcome(0, CELLS - 1)
+
+
+def test_importing_a_row_trained_with_another_config_is_refused_and_writes_no_cell(finished, tmp_path):
+  folder = results_folder(finished[0], tmp_path)
+  rows = results_rows(folder)
+  rows[3]['config_hash'] = '000000000000'
+  (folder / 'results.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  with pytest.raises(sweep.ResultsImportError, match=r'row 4 of .*has config hash 000000000000.*not trained with'):
+    sweep.import_results(base_config(), sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), folder, tmp_path / 'fresh')
+  assert not (tmp_path / 'fresh' / 'cells').exists()
+
+
+def test_importing_the_results_of_another_base_config_is_refused_naming_the_field(finished, tmp_path):
+  folder = results_folder(finished[0], tmp_path)
+  config = base_config()
+  config.learning_rate = 0.05
+  with pytest.raises(sweep.ResultsImportError, match=r'learning_rate: 0\.1 there, 0\.05 now.*import them with that'):
+    sweep.import_results(config, sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), folder, tmp_path / 'fresh')
+  assert not (tmp_path / 'fresh').exists()
+
+
+def test_cli_import_of_a_folder_without_results_is_one_error_line(tmp_path):
+  done = run_python('sweep.py', '--config=configs/default.py', '--config.num_epochs=1', f'--criteria={CRITERIA}',
+                    f'--sparsities={SPARSITIES}', '--seeds=1', f'--workdir={tmp_path / "sweep"}',
+                    f'--import_results={tmp_path}', '--print_commands')
+  assert done.returncode == 2
+  errors = [line for line in done.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and 'needs both sweep.json and results.jsonl' in errors[0]

@@ -20,6 +20,7 @@ from prospr_jax.sweep.grid import (
     parse_criteria,
     parse_sparsities,
 )
+from prospr_jax.sweep.imported import ImportOutcome, ResultsImportError, import_results
 from prospr_jax.sweep.record import SweepConfigError
 from prospr_jax.sweep.runner import (
     CellInterrupted,
@@ -31,6 +32,7 @@ from prospr_jax.sweep.runner import (
     validate_sweep,
 )
 
-__all__ = ['DENSE', 'PAPER_SPARSITIES', 'Cell', 'CellInterrupted', 'Grid', 'SweepConfigError', 'SweepOutcome', 'aggregate', 'cell_config',
-           'config_overrides', 'enable_compilation_cache', 'make_grid', 'parse_criteria', 'parse_sparsities',
+__all__ = ['DENSE', 'PAPER_SPARSITIES', 'Cell', 'CellInterrupted', 'Grid', 'ImportOutcome', 'ResultsImportError',
+           'SweepConfigError', 'SweepOutcome', 'aggregate', 'cell_config', 'config_overrides',
+           'enable_compilation_cache', 'import_results', 'make_grid', 'parse_criteria', 'parse_sparsities',
            'pending_commands', 'run_only_cell', 'run_sweep', 'validate_sweep']

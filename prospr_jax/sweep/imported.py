@@ -1,0 +1,126 @@
+"""Continue a sweep on another machine from its committed results folder (``sweep.json`` + ``results.jsonl``).
+
+A results folder keeps one row per finished cell but none of the cell folders,
+so a new machine would run every cell again. ``import_results`` writes each
+row back as a finished cell's record (``config.json``, ``results.json``,
+``cell.json``, ``pruning.json``; no checkpoints), after proving that the row
+was trained with this sweep's config: the row's ``config_hash`` must be the
+hash of the cell config built from the folder's recorded base config, and that
+base config must match this sweep's (as a rerun in the same workdir would).
+Aggregating then gives back the same rows; the sweep runs only the cells left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from prospr_jax import files, workdir as workdir_lib
+from prospr_jax.sweep import cells as cells_lib, record
+from prospr_jax.sweep.grid import DENSE, Cell, Grid, cell_config
+
+ROWS_FILE = 'results.jsonl'
+IMPORTED_FROM = 'imported_from'
+
+
+class ResultsImportError(ValueError):
+  """A row of the results folder cannot be imported; the message names the row and the way out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportOutcome:
+  imported: int  # cells written as finished
+  already: int  # rows whose cell had finished here already (left as they are)
+
+
+def _config_text(config: ml_collections.ConfigDict) -> str:
+  """The bytes a run records as its ``config.json`` (``workdir.check_config``), so their hash is the row's."""
+  return files.json_dumps(config.to_dict(), indent=2) + '\n'
+
+
+def _hash(text: str) -> str:
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def read_rows(folder: pathlib.Path) -> tuple[dict[str, Any], Grid, list[dict[str, Any]]]:
+  """The folder's recorded base config, grid and rows; a clear error when either file is missing."""
+  recorded = record.read_sweep(folder)
+  rows_path = folder / ROWS_FILE
+  if recorded is None or not rows_path.exists():
+    raise ResultsImportError(f'--import_results: {folder} needs both {record.SWEEP_FILE} and {ROWS_FILE} (the files a sweep '
+                       'writes in its --workdir, e.g. results/<name>/)')
+  rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+  return recorded[0], recorded[1], rows
+
+
+def _results_record(cell: Cell, row: dict[str, Any], source: str) -> dict[str, Any]:
+  """The ``results.json`` from which ``cells.cell_row`` rebuilds ``row``."""
+  if row.get('collapsed'):
+    return {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': row['collapsed'],
+            'kept_weights': None, 'weight_sparsity': None, IMPORTED_FROM: source}
+  final = {'eval_top1': row['top1'], 'eval_top5': row['top5']}
+  return {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'weight_sparsity': row['weight_sparsity'],
+          'kept_weights': row['kept_weights'], DENSE if cell.is_dense else 'pruned': final, IMPORTED_FROM: source}
+
+
+def _planned_cells(base: ml_collections.ConfigDict, grid: Grid, rows: list[dict[str, Any]], folder: pathlib.Path,
+                   workdir: pathlib.Path) -> list[tuple[Cell, str, dict[str, Any]]]:
+  """``(cell, config text, row)`` for every row to write; refuses the whole import on any row that does not fit."""
+  planned, cells = [], set(grid.cells())
+  for number, row in enumerate(rows, 1):
+    cell = Cell(row['criterion'], float(row['sparsity']), int(row['seed']))
+    if cell not in cells:
+      raise ResultsImportError(f'--import_results: row {number} of {folder / ROWS_FILE} is {cell}, not a cell of the sweep '
+                         f'in {workdir}: add its criterion, sparsity and seed to the flags')
+    text = _config_text(cell_config(base, cell))
+    if _hash(text) != row['config_hash']:
+      raise ResultsImportError(f'--import_results: row {number} of {folder / ROWS_FILE} ({cell}) has config hash '
+                         f'{row["config_hash"]}, but its cell config from {folder / record.SWEEP_FILE} hashes to '
+                         f'{_hash(text)}: the row was not trained with that config; remove the row or the folder')
+    cell_dir = cell.directory(workdir)
+    recorded = cell_dir / workdir_lib.CONFIG_FILE
+    if not cells_lib.is_finished(cell, workdir) and recorded.exists() and recorded.read_text() != text:
+      raise ResultsImportError(f'--import_results: {cell_dir} holds an unfinished run of another config than row {number} '
+                         f'of {folder / ROWS_FILE}: delete that folder to import the row, or leave the row out')
+    planned.append((cell, text, row))
+  return planned
+
+
+def import_results(config: ml_collections.ConfigDict, grid: Grid, folder: str | pathlib.Path,
+                   workdir: str | pathlib.Path) -> ImportOutcome:
+  """Write the finished cells of ``folder`` (a sweep's results) into the sweep ``workdir`` runs; all or nothing.
+
+  The grid recorded in ``workdir`` grows to hold the folder's grid too, so its rows are cells of the sweep.
+  """
+  folder, workdir = pathlib.Path(folder), pathlib.Path(workdir)
+  base_dict, folder_grid, rows = read_rows(folder)
+  try:
+    record.check_same_base(folder, base_dict, config.to_dict())  # the same experiment as this sweep
+  except record.SweepConfigError as error:
+    raise ResultsImportError(f'--import_results: {error}'.split('; its cells belong')[0] + ': its rows are not cells '
+                             'of this sweep; import them with that config') from error
+  grid = record.record_sweep(workdir, config, grid.union(folder_grid))
+  planned = _planned_cells(ml_collections.ConfigDict(base_dict), grid, rows, folder, workdir)
+  imported = already = 0
+  for cell, text, row in planned:
+    if cells_lib.is_finished(cell, workdir):
+      already += 1
+      continue
+    imported += 1
+    if jax.process_index() != 0:
+      continue
+    cell_dir = cell.directory(workdir)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    files.write_text(cell_dir / workdir_lib.CONFIG_FILE, text)
+    if row.get('pruning_seconds') is not None:
+      files.write_json(cell_dir / 'pruning.json', {'seconds': row['pruning_seconds']})
+    if row.get('cell_seconds') is not None:
+      files.write_json(cell_dir / cells_lib.CELL_FILE, {'seconds': row['cell_seconds']})
+    files.write_json(cell_dir / cells_lib.RESULTS_FILE, _results_record(cell, row, str(folder)))  # last: finished
+  return ImportOutcome(imported, already)
