@@ -21,12 +21,12 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+import rss
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -48,10 +48,6 @@ flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON g
 flags.DEFINE_list('table_from', [], 'Only print one table from these JSON result files.')
 flags.DEFINE_string('worker', None, 'Internal: run one configuration, given as JSON, and print its result.')
 
-
-
-def _peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _device_peak_bytes(jax) -> int | None:
@@ -93,7 +89,7 @@ def run_worker(config: dict) -> dict:
   variables = model.init(key_init, jnp.zeros((1, size, size, 3), jnp.float32))
   params = variables['params']
   loss_fn = prospr_jax.flax_loss_fn(model, variables)
-  rss_before = _peak_rss_bytes()
+  rss_before = rss.peak_rss_bytes()
   mode = config['mode']
   block = jax.block_until_ready
 
@@ -108,6 +104,8 @@ def run_worker(config: dict) -> dict:
     start = time.perf_counter()
     block(run())  # the first call compiles the step and the final gradient
     first_call = time.perf_counter() - start
+    compile_peak = rss.peak_rss_bytes()
+    rss.reset_peak()  # from here on the high-water mark is the runs' own
     seconds = _time_calls(lambda: run(), (), config['repeats'], block)
     compile_seconds = first_call - seconds
   else:
@@ -130,9 +128,13 @@ def run_worker(config: dict) -> dict:
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_seconds = time.perf_counter() - start
+    compile_peak = rss.peak_rss_bytes()
+    rss.reset_peak()  # from here on the high-water mark is the runs' own
     seconds = _time_calls(compiled, args, config['repeats'], block)
 
-  return dict(config, seconds=seconds, compile_seconds=compile_seconds, peak_rss_bytes=_peak_rss_bytes(),
+  run_peak = rss.peak_since_reset_bytes()
+  return dict(config, seconds=seconds, compile_seconds=compile_seconds,
+              peak_rss_bytes=max(compile_peak, run_peak or 0), run_peak_rss_bytes=run_peak,
               rss_before_bytes=rss_before, device_peak_bytes=_device_peak_bytes(jax),
               device=str(jax.devices()[0].device_kind), jax_version=jax.__version__)
 
@@ -160,16 +162,16 @@ def _torch_key(key: tuple) -> tuple:
 
 def format_table(results: list[dict]) -> str:
   """One row per measurement; ``x step`` is the ratio to the train step with the same conv_impl, ``lax/this`` the
-  speed-up over plain lax.conv on the same work; peak host RSS, its growth over the pre-compile RSS, and the
-  accelerator's peak (where the backend reports one)."""
+  speed-up over plain lax.conv on the same work; peak host RSS, its growth over the pre-compile RSS, the peak
+  RSS of the timed calls alone (``run``: after compiling, ``rss.reset_peak``), and the accelerator's peak."""
   key = lambda r, mode=None: (r['model'], r['batch_size'], r['steps'], mode or r['mode'], r['conv_impl'])
   seconds = {key(r): r['seconds'] for r in results if 'seconds' in r}
   step_of = lambda r: next((v for (m, b, _, mode, c), v in seconds.items()
                             if (m, b, mode, c) == (r['model'], r['batch_size'], 'train_step', r['conv_impl'])), None)
   torch_of = {key(r)[:4]: r for r in results if r['conv_impl'] == 'torch' and 'seconds' in r}
   header = (f'{"model":<9} {"batch":>5} {"M":>4} {"mode":<11} {"conv":<9} {"wall s":>9} {"x step":>7} '
-            f'{"lax/this":>8} {"compile s":>9} {"peak GiB":>8} {"+GiB":>6} {"dev GiB":>7}'
-            + (f' {"t/torch":>7} {"mem/torch":>9}' if torch_of else ''))
+            f'{"lax/this":>8} {"compile s":>9} {"peak GiB":>8} {"+GiB":>6} {"run GiB":>7} {"dev GiB":>7}'
+            + (f' {"t/torch":>7} {"mem/torch":>9} {"run/torch":>9}' if torch_of else ''))
   rows = [header, '-' * len(header)]
   for r in results:
     lead = f'{r["model"]:<9} {r["batch_size"]:>5} {r["steps"]:>4} {r["mode"]:<11} {r["conv_impl"]:<9}'
@@ -183,11 +185,13 @@ def format_table(results: list[dict]) -> str:
     compile_seconds = '-' if r['compile_seconds'] is None else f'{r["compile_seconds"]:.1f}'
     row = (f'{lead} {r["seconds"]:>9.3f} {ratio} {speedup} {compile_seconds:>9} '
            f'{r["peak_rss_bytes"] / 2**30:>8.2f} {(r["peak_rss_bytes"] - r["rss_before_bytes"]) / 2**30:>6.2f} '
-           f'{_gib(r.get("device_peak_bytes")):>7}')
+           f'{_gib(r.get("run_peak_rss_bytes")):>7} {_gib(r.get("device_peak_bytes")):>7}')
     if torch_of:
       ref = torch_of.get(_torch_key(key(r)[:4])) if r['conv_impl'] != 'torch' else None
-      row += (f' {r["seconds"] / ref["seconds"]:>6.2f}x {r["peak_rss_bytes"] / ref["peak_rss_bytes"]:>8.2f}x' if ref
-              else f' {"-":>7} {"-":>9}')
+      run_ratio = (f'{r["run_peak_rss_bytes"] / ref["run_peak_rss_bytes"]:>8.2f}x'
+                   if ref and r.get('run_peak_rss_bytes') and ref.get('run_peak_rss_bytes') else f'{"-":>9}')
+      row += (f' {r["seconds"] / ref["seconds"]:>6.2f}x {r["peak_rss_bytes"] / ref["peak_rss_bytes"]:>8.2f}x '
+              f'{run_ratio}' if ref else f' {"-":>7} {"-":>9} {"-":>9}')
     rows.append(row)
   return '\n'.join(rows)
 

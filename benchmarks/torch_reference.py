@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import time
 
 import numpy as np
+import rss
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -204,7 +204,8 @@ def run_worker(config: dict) -> dict:
   model = build(config['model'], classes).to(device)
   batches = [(torch.randn(batch_size, 3, size, size, device=device),
               torch.randint(0, classes, (batch_size,), device=device)) for _ in range(m + 1)]
-  rss_before = _peak_rss_bytes()
+  rss_before = rss.peak_rss_bytes()
+  rss.reset_peak()  # as saliency.py does after compiling: the peak of the runs alone, beside the whole process's
   if config['mode'] == 'train_step':
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     run = lambda: train_step(model, optimizer, batches[0])
@@ -220,14 +221,11 @@ def run_worker(config: dict) -> dict:
     run()
     block()
     times.append(time.perf_counter() - start)
-  return dict(config, seconds=statistics.median(times), compile_seconds=None, peak_rss_bytes=_peak_rss_bytes(),
-              rss_before_bytes=rss_before,
+  run_peak = rss.peak_since_reset_bytes()
+  return dict(config, seconds=statistics.median(times), compile_seconds=None,
+              peak_rss_bytes=max(rss_before, run_peak or 0), run_peak_rss_bytes=run_peak, rss_before_bytes=rss_before,
               device_peak_bytes=torch.cuda.max_memory_allocated() if device == 'cuda' else None,
               device=f'{device} ({torch.get_num_threads()} threads)', torch_version=torch.__version__)
-
-
-def _peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def check(models: list[str], batch_size: int = 4, steps: int = 2, inner_lr: float = 0.1) -> dict[str, float]:
