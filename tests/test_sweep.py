@@ -1,6 +1,7 @@
 """The sweep: a grid of normal runs that finishes, resumes, refuses another config, and tabulates and plots alike."""
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -374,3 +375,26 @@ def test_cli_import_of_a_folder_without_results_is_one_error_line(tmp_path):
   assert done.returncode == 2
   errors = [line for line in done.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'needs both sweep.json and results.jsonl' in errors[0]
+
+
+def test_a_row_is_imported_with_its_recorded_config_even_one_written_before_a_field_was_added(finished, tmp_path):
+  """A later version adds config fields (bytes change, hash changes); the folder's own config.json proves the row."""
+  workdir, _ = finished
+  folder = results_folder(workdir, tmp_path)
+  rows = results_rows(folder)
+  recorded = json.loads((workdir / rows[2]['cell'] / 'config.json').read_text())
+  assert recorded.pop('conv_column_mib') is None  # as an older version wrote it
+  old_text = json.dumps(recorded, indent=2) + '\n'
+  (folder / rows[2]['cell']).mkdir(parents=True)
+  (folder / rows[2]['cell'] / 'config.json').write_text(old_text)
+  rows[2]['config_hash'] = hashlib.sha256(old_text.encode()).hexdigest()[:12]
+  (folder / 'results.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  fresh = tmp_path / 'fresh'
+  assert sweep.import_results(base_config(), sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), folder, fresh).imported == CELLS
+  sweep.aggregate(fresh, with_figure=False)
+  assert results_rows(fresh) == rows
+  (folder / rows[2]['cell'] / 'config.json').write_text(old_text.replace('"learning_rate": 0.1', '"learning_rate": 0.2'))
+  rows[2]['config_hash'] = hashlib.sha256((folder / rows[2]['cell'] / 'config.json').read_bytes()).hexdigest()[:12]
+  (folder / 'results.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  with pytest.raises(sweep.ResultsImportError, match=r'row 3 .* was trained with other learning_rate'):
+    sweep.import_results(base_config(), sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), folder, tmp_path / 'other')

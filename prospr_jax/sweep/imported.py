@@ -5,8 +5,11 @@ so a new machine would run every cell again. ``import_results`` writes each
 row back as a finished cell's record (``config.json``, ``results.json``,
 ``cell.json``, ``pruning.json``; no checkpoints), after proving that the row
 was trained with this sweep's config: the row's ``config_hash`` must be the
-hash of the cell config built from the folder's recorded base config, and that
-base config must match this sweep's (as a rerun in the same workdir would).
+hash of the cell's recorded config (``<folder>/<row cell>/config.json`` where
+the folder keeps it, else the cell config built from the folder's recorded
+base), and that config must be this sweep's cell config up to how it runs, as
+a rerun in the same workdir would require. (The recorded file, not a rebuilt
+one, because a config field added by a later version changes the bytes.)
 Aggregating then gives back the same rows; the sweep runs only the cells left.
 """
 
@@ -53,8 +56,8 @@ def read_rows(folder: pathlib.Path) -> tuple[dict[str, Any], Grid, list[dict[str
   recorded = record.read_sweep(folder)
   rows_path = folder / ROWS_FILE
   if recorded is None or not rows_path.exists():
-    raise ResultsImportError(f'--import_results: {folder} needs both {record.SWEEP_FILE} and {ROWS_FILE} (the files a sweep '
-                       'writes in its --workdir, e.g. results/<name>/)')
+    raise ResultsImportError(f'--import_results: {folder} needs both {record.SWEEP_FILE} and {ROWS_FILE} (the files a '
+                             'sweep writes in its --workdir, e.g. results/<name>/)')
   rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
   return recorded[0], recorded[1], rows
 
@@ -69,25 +72,33 @@ def _results_record(cell: Cell, row: dict[str, Any], source: str) -> dict[str, A
           'kept_weights': row['kept_weights'], DENSE if cell.is_dense else 'pruned': final, IMPORTED_FROM: source}
 
 
-def _planned_cells(base: ml_collections.ConfigDict, grid: Grid, rows: list[dict[str, Any]], folder: pathlib.Path,
-                   workdir: pathlib.Path) -> list[tuple[Cell, str, dict[str, Any]]]:
+def _planned_cells(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict, grid: Grid,
+                   rows: list[dict[str, Any]], folder: pathlib.Path, workdir: pathlib.Path) -> list[tuple[Cell, str, dict[str, Any]]]:
   """``(cell, config text, row)`` for every row to write; refuses the whole import on any row that does not fit."""
   planned, cells = [], set(grid.cells())
   for number, row in enumerate(rows, 1):
     cell = Cell(row['criterion'], float(row['sparsity']), int(row['seed']))
     if cell not in cells:
-      raise ResultsImportError(f'--import_results: row {number} of {folder / ROWS_FILE} is {cell}, not a cell of the sweep '
-                         f'in {workdir}: add its criterion, sparsity and seed to the flags')
-    text = _config_text(cell_config(base, cell))
+      raise ResultsImportError(f'--import_results: row {number} of {folder / ROWS_FILE} is {cell}, not a cell of the '
+                               f'sweep in {workdir}: add its criterion, sparsity and seed to the flags')
+    kept = folder / row.get('cell', '') / workdir_lib.CONFIG_FILE
+    source = kept if row.get('cell') and kept.exists() else folder / record.SWEEP_FILE
+    text = kept.read_text() if source == kept else _config_text(cell_config(base, cell))
     if _hash(text) != row['config_hash']:
       raise ResultsImportError(f'--import_results: row {number} of {folder / ROWS_FILE} ({cell}) has config hash '
-                         f'{row["config_hash"]}, but its cell config from {folder / record.SWEEP_FILE} hashes to '
-                         f'{_hash(text)}: the row was not trained with that config; remove the row or the folder')
+                               f'{row["config_hash"]}, but its config from {source} hashes to {_hash(text)}: the '
+                               'row was not trained with that config; remove the row or the folder')
+    differing = [key for key in workdir_lib.differing_fields(json.loads(text), cell_config(config, cell).to_dict())
+                 if key not in workdir_lib.HOW_TO_RUN]
+    if differing:
+      raise ResultsImportError(f'--import_results: row {number} of {folder / ROWS_FILE} ({cell}) was trained with '
+                               f'other {", ".join(differing)} than this sweep\'s cell; import it with that config')
     cell_dir = cell.directory(workdir)
     recorded = cell_dir / workdir_lib.CONFIG_FILE
     if not cells_lib.is_finished(cell, workdir) and recorded.exists() and recorded.read_text() != text:
-      raise ResultsImportError(f'--import_results: {cell_dir} holds an unfinished run of another config than row {number} '
-                         f'of {folder / ROWS_FILE}: delete that folder to import the row, or leave the row out')
+      raise ResultsImportError(f'--import_results: {cell_dir} holds an unfinished run of another config than row '
+                               f'{number} of {folder / ROWS_FILE}: delete that folder to import the row, or leave '
+                               'the row out')
     planned.append((cell, text, row))
   return planned
 
@@ -106,7 +117,7 @@ def import_results(config: ml_collections.ConfigDict, grid: Grid, folder: str | 
     raise ResultsImportError(f'--import_results: {error}'.split('; its cells belong')[0] + ': its rows are not cells '
                              'of this sweep; import them with that config') from error
   grid = record.record_sweep(workdir, config, grid.union(folder_grid))
-  planned = _planned_cells(ml_collections.ConfigDict(base_dict), grid, rows, folder, workdir)
+  planned = _planned_cells(config, ml_collections.ConfigDict(base_dict), grid, rows, folder, workdir)
   imported = already = 0
   for cell, text, row in planned:
     if cells_lib.is_finished(cell, workdir):
