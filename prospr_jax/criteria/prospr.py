@@ -61,6 +61,25 @@ def _meta_gradient(params, batches, mask, *, loss_fn, optimizer, first_order, ch
   return jax.grad(meta_loss)(mask)
 
 
+@functools.partial(jax.jit, static_argnames=('loss_fn', 'optimizer'))
+def _first_order_meta_gradient(params, batches, mask, *, loss_fn, optimizer):
+  """First order when ``dw_M/dw_0 = I``: ``grad_w L(w_M, D_M) * w_init`` (eq. 17) in one scan over all M + 1 batches.
+
+  Step k carries ``grad L(w_k, D_k)``, so the last step's gradient is the meta-loss's (its update is dropped). One
+  loop body holds every temporary: a final gradient outside the loop gets its own (VGG-16, batch 256: 1.35 GiB of
+  XLA temporaries against 2.34, the train step's 1.32).
+  """
+  def step(carry, batch):
+    weights, opt_state, _ = carry
+    grads = jax.grad(loss_fn)(weights, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, weights)
+    return (optax.apply_updates(weights, updates), opt_state, grads), None
+
+  start = (params, optimizer.init(params), jax.tree.map(jnp.zeros_like, params))
+  (_, _, grads), _ = jax.lax.scan(step, start, batches)
+  return _mask_vjp(params, mask, grads)
+
+
 @model_inputs.accepts_models()
 def prospr_meta_gradient(
     params: ArrayTree,
@@ -83,11 +102,15 @@ def prospr_meta_gradient(
   ``first_order`` stops the gradient through the inner gradients, giving
   ``grad_w L(w_M) * w_init`` for optimizers whose update ignores the params
   (eq. 17). With momentum this is the true derivative; the authors' code drops
-  the step-0 second-order term by detaching the first momentum buffer.
+  the step-0 second-order term by detaching the first momentum buffer. Where
+  the update ignores the params, first order runs as plain training steps
+  (``_first_order_meta_gradient``), not as a differentiated loop.
   """
   mask = scores_lib.data_mask_variables(params, batches, loss_fn=loss_fn, structured=structured,
                                         prunable=prunable)
   optimizer = inner_optimizer or default_inner_optimizer(inner_lr, inner_momentum)
+  if first_order and not _updates_use_params(optimizer, params):
+    return _first_order_meta_gradient(params, batches, mask, loss_fn=loss_fn, optimizer=optimizer)
   return _meta_gradient(params, batches, mask, loss_fn=loss_fn, optimizer=optimizer,
                         first_order=first_order, checkpoint_steps=checkpoint_steps)
 
@@ -196,6 +219,10 @@ def prospr_saliency_streamed(
 @functools.partial(jax.jit, static_argnames=('loss_fn',))
 def _first_order_gradient(params_init, params_final, meta_batch, mask, *, loss_fn):
   """``dL(w_M)/dc`` when ``dw_M/dw_0 = I``: the VJP of ``c -> c * w_init`` with ``grad_w L(w_M)``."""
-  grads = jax.grad(loss_fn)(params_final, meta_batch)
+  return _mask_vjp(params_init, mask, jax.grad(loss_fn)(params_final, meta_batch))
+
+
+def _mask_vjp(params_init, mask, grads):
+  """``grads`` pulled back through ``c -> c * w_init``: per weight ``g * w_init``, per channel its sum."""
   _, vjp = jax.vjp(lambda c: masks_lib.apply_mask(params_init, c), mask)
   return vjp(grads)[0]
