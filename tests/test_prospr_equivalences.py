@@ -145,11 +145,33 @@ def test_any_differentiable_optax_optimizer_can_take_the_inner_steps():
   assert_trees_close(ours, jax.jit(jax.grad(meta_loss))(jax.tree.map(jnp.ones_like, ours)), rtol=1e-8, atol=1e-12)
 
 
-def test_runs_under_jit():
+def test_first_order_with_an_update_that_reads_the_params_keeps_their_derivative():
+  """Weight decay makes dw_M/dw_0 = (1 - lr * decay)^M, not I: first order then differentiates through the steps."""
   params, batches, loss_fn = mlp_problem()
-  jitted = jax.jit(lambda p, b: prospr_jax.prospr_saliency(p, b, loss_fn=loss_fn, structured=True))
-  assert_trees_close(jitted(params, batches),
-                     prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, structured=True))
+  decayed = optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.1))
+  ours = prospr_jax.prospr_meta_gradient(params, batches, loss_fn=loss_fn, inner_optimizer=decayed, first_order=True)
+
+  def meta_loss(c):
+    w = prospr_jax.apply_mask(params, c)
+    state = decayed.init(w)
+    for k in range(3):
+      grads = jax.lax.stop_gradient(jax.grad(loss_fn)(w, jax.tree.map(lambda x: x[k], batches)))
+      updates, state = decayed.update(grads, state, w)
+      w = optax.apply_updates(w, updates)
+    return loss_fn(w, jax.tree.map(lambda x: x[3], batches))
+
+  expected = jax.jit(jax.grad(meta_loss))(jax.tree.map(jnp.ones_like, ours))
+  assert_trees_close(ours, expected, rtol=1e-10, atol=1e-14)
+  plain = prospr_jax.prospr_meta_gradient(params, batches, loss_fn=loss_fn, first_order=True)
+  first = next(leaf for leaf in jax.tree.leaves(plain))
+  assert not np.allclose(first, next(leaf for leaf in jax.tree.leaves(expected)))  # the decay did matter
+
+
+@pytest.mark.parametrize('first_order', [False, True])
+def test_runs_under_jit(first_order):
+  params, batches, loss_fn = mlp_problem()
+  score = lambda p, b: prospr_jax.prospr_saliency(p, b, loss_fn=loss_fn, structured=True, first_order=first_order)
+  assert_trees_close(jax.jit(score)(params, batches), score(params, batches))
 
 
 def test_the_traced_program_does_not_grow_with_the_number_of_steps():
