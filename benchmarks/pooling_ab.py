@@ -1,0 +1,55 @@
+"""VGG-16 (CIFAR, batch 256, M = 3) with ``nn.max_pool`` as shipped against ``pooling.max_pool_2x2``, A/B.
+
+  python benchmarks/pooling_ab.py [conv_impl] > benchmarks/results/pooling_ab_vgg16_b256.jsonl
+
+Each (program, pool) runs in its own process, one after the other (train step A B, first order B A, exact A B, so
+a drift in the machine's load does not favour one side): seconds of each timed call after a warm-up, XLA's
+temporaries, and the peak RSS of the timed calls (``rss.py``). One JSON line per run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+PLAN = (('train_step', 3, ('nn', '2x2')), ('first_order', 2, ('2x2', 'nn')), ('exact', 1, ('nn', '2x2')))
+
+
+def measure(program: str, pool: str, conv: str, repeats: int) -> dict:
+  import jax
+  import programs
+  import rss
+  if pool == '2x2':  # VGG calls nn.max_pool(x, (2, 2), (2, 2)); this process only
+    from flax import linen
+
+    from prospr_jax.models import pooling
+    linen.max_pool = lambda x, window, strides: pooling.max_pool_2x2(x)
+  fn, args = programs.build(program, 'vgg16', 256, 3, conv)
+  compiled = jax.jit(fn).lower(*args).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes / 2**30
+  jax.block_until_ready(compiled(*args))
+  rss.reset_peak()
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    seconds.append(time.perf_counter() - start)
+  return {'program': program, 'pool': pool, 'conv': conv, 'seconds': seconds, 'temp_gib': temp,
+          'run_peak_gib': rss.peak_since_reset_bytes() / 2**30, 'load': os.getloadavg()[0]}
+
+
+def main() -> None:
+  if len(sys.argv) == 5:  # a worker: program, pool, conv, repeats
+    print(json.dumps(measure(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))), flush=True)
+    return
+  conv = sys.argv[1] if len(sys.argv) > 1 else 'auto'
+  for program, repeats, pools in PLAN:
+    for pool in pools:
+      done = subprocess.run([sys.executable, __file__, program, pool, conv, str(repeats)], capture_output=True,
+                            text=True, check=False)
+      print(done.stdout.strip().splitlines()[-1] if done.returncode == 0 else done.stderr[-2000:], flush=True)
+
+
+if __name__ == '__main__':
+  main()
