@@ -356,7 +356,7 @@ def test_importing_a_row_trained_with_another_config_is_refused_and_writes_no_ce
   (folder / 'results.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
   with pytest.raises(sweep.ResultsImportError, match=r'row 4 of .*has config hash 000000000000.*not trained with'):
     sweep.import_results(base_config(), sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), folder, tmp_path / 'fresh')
-  assert not (tmp_path / 'fresh' / 'cells').exists()
+  assert not (tmp_path / 'fresh').exists()  # neither cells nor sweep.json
 
 
 def test_importing_the_results_of_another_base_config_is_refused_naming_the_field(finished, tmp_path):

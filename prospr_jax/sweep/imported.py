@@ -116,8 +116,10 @@ def import_results(config: ml_collections.ConfigDict, grid: Grid, folder: str | 
   except record.SweepConfigError as error:
     raise ResultsImportError(f'--import_results: {error}'.split('; its cells belong')[0] + ': its rows are not cells '
                              'of this sweep; import them with that config') from error
-  grid = record.record_sweep(workdir, config, grid.union(folder_grid))
+  recorded = record.read_sweep(workdir)
+  grid = grid.union(folder_grid) if recorded is None else recorded[1].union(grid).union(folder_grid)
   planned = _planned_cells(config, ml_collections.ConfigDict(base_dict), grid, rows, folder, workdir)
+  record.record_sweep(workdir, config, grid)  # only once every row is proven: a refused import writes nothing
   imported = already = 0
   for cell, text, row in planned:
     if cells_lib.is_finished(cell, workdir):
