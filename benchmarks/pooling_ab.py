@@ -1,4 +1,4 @@
-"""VGG-16 (CIFAR, batch 256, M = 3) with ``nn.max_pool`` as shipped against ``pooling.max_pool_2x2``, A/B.
+"""VGG-16 (CIFAR, batch 256, M = 3) with ``nn.max_pool`` against ``pooling.max_pool_2x2`` (VGG's pool on CPU), A/B.
 
   python benchmarks/pooling_ab.py [conv_impl] > benchmarks/results/pooling_ab_vgg16_b256.jsonl
 
@@ -20,12 +20,11 @@ def measure(program: str, pool: str, conv: str, repeats: int) -> dict:
   import jax
   import programs
   import rss
-  if pool == '2x2':  # VGG calls nn.max_pool(x, (2, 2), (2, 2)); this process only
-    from flax import linen
+  from flax import linen
 
-    from prospr_jax.models import pooling
-    linen.max_pool = lambda x, window, strides: pooling.max_pool_2x2(x)
-  fn, args = programs.build(program, 'vgg16', 256, 3, conv)
+  from prospr_jax.models import pooling
+  max_pool = pooling.max_pool_2x2 if pool == '2x2' else lambda x: linen.max_pool(x, (2, 2), (2, 2))
+  fn, args = programs.build(program, 'vgg16', 256, 3, conv, max_pool=max_pool)
   compiled = jax.jit(fn).lower(*args).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes / 2**30
   jax.block_until_ready(compiled(*args))

@@ -9,26 +9,28 @@ from __future__ import annotations
 PROGRAMS = ('train_step', 'exact', 'exact_stored', 'first_order')
 
 
-def build(name: str, model_name: str, batch_size: int, steps: int, conv_spec: str, *, abstract: bool = False):
+def build(name: str, model_name: str, batch_size: int, steps: int, conv_spec: str, *, abstract: bool = False,
+          **model_kwargs):
   """``(fn, args)``: ``fn(params, opt_state, batch)`` for the train step (SGD, momentum 0.9), else
-  ``fn(params, batches)`` with M + 1 stacked batches; random batches, or only their shapes if ``abstract``."""
+  ``fn(params, batches)`` with M + 1 stacked batches; random batches, or only their shapes if ``abstract``.
+  ``model_kwargs`` go to the model (e.g. VGG's ``max_pool``)."""
   import jax
   import jax.numpy as jnp
   import optax
 
   import prospr_jax
-  from prospr_jax.models import get_model
+  from prospr_jax.models import get_model, init_variables
   from prospr_jax.models.conv import resolve_conv_spec
   if name not in PROGRAMS:
     raise ValueError(f'unknown program {name!r}; valid: {", ".join(PROGRAMS)}')
-  model = get_model(model_name, 10, conv_general_dilated=resolve_conv_spec(conv_spec))
+  model = get_model(model_name, 10, conv_general_dilated=resolve_conv_spec(conv_spec), **model_kwargs)
   shape_x, shape_y = (steps + 1, batch_size, 32, 32, 3), (steps + 1, batch_size)
   if abstract:
     x, y = jax.ShapeDtypeStruct(shape_x, jnp.float32), jax.ShapeDtypeStruct(shape_y, jnp.int32)
   else:
     x = jax.random.normal(jax.random.key(0), shape_x, jnp.float32)
     y = jax.random.randint(jax.random.key(1), shape_y, 0, 10)
-  variables = model.init(jax.random.key(2), jnp.zeros((1, 32, 32, 3), jnp.float32))
+  variables = init_variables(model, (32, 32, 3), jax.random.key(2))  # jitted, as the library inits
   params, loss_fn = variables['params'], prospr_jax.flax_loss_fn(model, variables)
   if name == 'train_step':
     optimizer = optax.sgd(0.1, momentum=0.9)

@@ -79,14 +79,14 @@ def run_worker(config: dict) -> dict:
   import optax
 
   import prospr_jax
-  from prospr_jax.models import get_model
+  from prospr_jax.models import get_model, init_variables
   from prospr_jax.models.conv import resolve_conv_spec
 
   classes, size = config.get('num_classes', 10), config.get('image_size', 32)
   model = get_model(config['model'], classes, conv_general_dilated=resolve_conv_spec(config['conv_impl']))
   m, batch_size = config['steps'], config['batch_size']
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
-  variables = model.init(key_init, jnp.zeros((1, size, size, 3), jnp.float32))
+  variables = init_variables(model, (size, size, 3), key_init)  # jitted, as the library inits
   params = variables['params']
   loss_fn = prospr_jax.flax_loss_fn(model, variables)
   rss_before = rss.peak_rss_bytes()

@@ -10,13 +10,15 @@ the maximum by ``operand == max``, two values that XLA may compute separately
 
 Measured on 2 CPU cores: a LeNet-5 train step at batch 128 takes 20 ms with
 ``max_pool_2x2`` and 41 ms with ``nn.max_pool``, its exact ProsPr meta-gradient
-(M = 3, batch 256) 0.70 s and 0.91 s. VGG keeps ``nn.max_pool``: there its exact
-meta-gradient is faster with it (0.42 s against 0.73 s for a half-width VGG-16,
-M = 3, batch 16).
+(M = 3, batch 256) 0.70 s and 0.91 s. VGG uses it on CPU (``vgg_max_pool``): the
+exact meta-gradient of a half-width VGG-16 (M = 3, batch 16) takes 1.41 s with
+either pool (2026-12-06, beside another job), where an earlier version of this
+function (four strided slices, stacked) once measured 1.7x slower.
 """
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,13 +27,24 @@ import numpy as np
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """``nn.MaxPool2d(2)`` on NHWC: 2x2 windows, stride 2, an odd last row or column dropped.
 
-  The four window entries are strided slices; the maximum is picked by a one-hot of their argmax (first wins on
-  ties), so every derivative is a slice, a pad or a product with that fixed one-hot.
+  A reshape and one transpose lay each window's four entries side by side; the maximum is picked by a one-hot of
+  their argmax (first wins on ties), so every derivative is a transpose or a product with that fixed one-hot.
   """
-  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
-  windows = jnp.stack([x[:, i:i + h:2, j:j + w:2] for i in (0, 1) for j in (0, 1)], axis=-1)
+  n, h, w, c = x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3]
+  windows = x[:, :2 * h, :2 * w].reshape(n, h, 2, w, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h, w, c, 4)
   choice = jax.nn.one_hot(jnp.argmax(windows, axis=-1), 4, dtype=x.dtype)
   return jnp.sum(windows * choice, axis=-1)
+
+
+def vgg_max_pool(x: jax.Array) -> jax.Array:
+  """VGG's 2x2 pool: ``max_pool_2x2`` on CPU, ``nn.max_pool`` elsewhere (equal in value and every derivative).
+
+  On XLA:CPU ``nn.max_pool``'s derivative is a ``reduce-window`` carrying four ``s32`` index arrays the size of the
+  pool's input: VGG-16's train step at batch 256 holds 1.26 GiB of temporaries with it and 0.79 GiB with
+  ``max_pool_2x2``, in the same time (``benchmarks/pooling_ab.py``). Other platforms are not measured, so they keep
+  ``nn.max_pool``.
+  """
+  return max_pool_2x2(x) if jax.default_backend() == 'cpu' else nn.max_pool(x, (2, 2), (2, 2))
 
 
 def _pool_matrix(size_in: int, size_out: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 
 from prospr_jax.models.initializers import he_normal_fan_out, torch_dense
-from prospr_jax.models.pooling import adaptive_avg_pool
+from prospr_jax.models.pooling import adaptive_avg_pool, vgg_max_pool
 
 STACKS: dict[int, tuple[int | str, ...]] = {
     11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
@@ -48,6 +48,7 @@ class VGG(nn.Module):
   widths: tuple[int, ...] | None = None  # channels of each conv; overrides `width`
   hidden: tuple[int, int] = (4096, 4096)  # the ImageNet head's hidden Dense layers
   conv_general_dilated: Callable[..., Any] | None = None
+  max_pool: Callable[[jax.Array], jax.Array] = vgg_max_pool  # 2x2, stride 2
 
   def conv_widths(self) -> tuple[int, ...]:
     """Channels of every conv, in order."""
@@ -61,7 +62,7 @@ class VGG(nn.Module):
     widths = iter(self.conv_widths())
     for layer in STACKS[self.depth]:
       if layer == 'M':
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self.max_pool(x)
         continue
       x = nn.Conv(next(widths), (3, 3), padding=1, kernel_init=he_normal_fan_out,
                   conv_general_dilated=self.conv_general_dilated)(x)
