@@ -10,10 +10,11 @@ the maximum by ``operand == max``, two values that XLA may compute separately
 
 Measured on 2 CPU cores: a LeNet-5 train step at batch 128 takes 20 ms with
 ``max_pool_2x2`` and 41 ms with ``nn.max_pool``, its exact ProsPr meta-gradient
-(M = 3, batch 256) 0.70 s and 0.91 s. VGG uses it on CPU (``vgg_max_pool``): the
-exact meta-gradient of a half-width VGG-16 (M = 3, batch 16) takes 1.41 s with
-either pool (2026-12-06, beside another job), where an earlier version of this
-function (four strided slices, stacked) once measured 1.7x slower.
+(M = 3, batch 256) 0.70 s and 0.91 s. VGG uses it on CPU (``vgg_max_pool``). On a
+half-width VGG-16 at batch 16 (``benchmarks/pooling_ab.py auto 16 0.5``, two runs)
+its train step and exact meta-gradient take the time ``nn.max_pool`` takes and
+first-order ProsPr 14-16% longer; an earlier version of this function (four
+strided slices, stacked) once measured the exact one 1.7x slower there.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def vgg_max_pool(x: jax.Array) -> jax.Array:
   """VGG's 2x2 pool: ``max_pool_2x2`` on CPU, ``nn.max_pool`` elsewhere (equal in value and every derivative).
 
   On XLA:CPU ``nn.max_pool``'s derivative is a ``reduce-window`` carrying four ``s32`` index arrays the size of the
-  pool's input: VGG-16's train step at batch 256 holds 1.26 GiB of temporaries with it and 0.79 GiB with
-  ``max_pool_2x2``, in the same time (``benchmarks/pooling_ab.py``). Other platforms are not measured, so they keep
-  ``nn.max_pool``.
+  pool's input: VGG-16's train step at batch 256 (``conv_column_mib=64``) holds 1.32 GiB of temporaries with it and
+  0.84 GiB with ``max_pool_2x2`` (``benchmarks/memory.py``), in the same time (``benchmarks/pooling_ab.py``). Other
+  platforms are not measured, so they keep ``nn.max_pool``.
   """
   return max_pool_2x2(x) if jax.default_backend() == 'cpu' else nn.max_pool(x, (2, 2), (2, 2))
 
