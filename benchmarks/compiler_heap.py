@@ -2,12 +2,11 @@
 
   python benchmarks/compiler_heap.py [program [conv_impl]]    # defaults: train_step auto:64 (VGG-16, b256, M = 3)
 
-Each side compiles the program, then (``trim``) calls glibc's ``malloc_trim(0)``, which hands freed heap pages back
-to the kernel, or does not (``keep``), then runs it twice: RSS after compiling, after the trim, and the peak of the
-runs (``rss.py``). A probe of what releasing the heap would buy; the library does not call it.
+Each side compiles the program with (``trim``) or without (``keep``) the library's
+``host_memory.release_heap_after_compiles``, which calls glibc's ``malloc_trim(0)`` once XLA has compiled, then runs
+it twice: RSS before the runs and the peak of the runs (``rss.py``). prune.py, train.py and sweep.py run as ``trim``.
 """
 
-import ctypes
 import json
 import pathlib
 import subprocess
@@ -23,17 +22,18 @@ def measure(program: str, conv: str, trim: bool) -> dict:
   import jax
   import programs
   import rss
+
+  from prospr_jax import host_memory
+  if trim:
+    host_memory.release_heap_after_compiles()
   fn, args = programs.build(program, 'vgg16', 256, 3, conv)
   compiled = jax.jit(fn).lower(*args).compile()
-  compiled_gib = _rss_gib()
-  if trim:
-    ctypes.CDLL('libc.so.6').malloc_trim(0)
-  trimmed_gib = _rss_gib()
+  before_run_gib = _rss_gib()
   rss.reset_peak()
   for _ in range(2):
     jax.block_until_ready(compiled(*args))
-  return {'program': program, 'conv': conv, 'heap': 'trim' if trim else 'keep', 'rss_after_compile_gib': compiled_gib,
-          'rss_before_run_gib': trimmed_gib, 'run_peak_gib': rss.peak_since_reset_bytes() / 2**30,
+  return {'program': program, 'conv': conv, 'heap': 'trim' if trim else 'keep',
+          'rss_before_run_gib': before_run_gib, 'run_peak_gib': rss.peak_since_reset_bytes() / 2**30,
           'temp_gib': compiled.memory_analysis().temp_size_in_bytes / 2**30}
 
 

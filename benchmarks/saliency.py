@@ -44,6 +44,8 @@ flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the medi
 flags.DEFINE_integer('timeout', 1800, 'Seconds one configuration may take before it is reported as timed out.')
 flags.DEFINE_enum('reference', None, ['torch'], 'Also measure this reference (benchmarks/torch_reference.py) '
                   'for the train_step, exact and first_order modes.')
+flags.DEFINE_bool('release_heap', True, 'Hand the compiler\'s freed heap back to the OS after each compile, as '
+                  'prune.py, train.py and sweep.py do (prospr_jax/host_memory.py); --norelease_heap measures without.')
 flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON goes.')
 flags.DEFINE_list('table_from', [], 'Only print one table from these JSON result files.')
 flags.DEFINE_string('worker', None, 'Internal: run one configuration, given as JSON, and print its result.')
@@ -79,9 +81,12 @@ def run_worker(config: dict) -> dict:
   import optax
 
   import prospr_jax
+  from prospr_jax import host_memory
   from prospr_jax.models import get_model, init_variables
   from prospr_jax.models.conv import resolve_conv_spec
 
+  if config.get('release_heap', False):
+    host_memory.release_heap_after_compiles()
   classes, size = config.get('num_classes', 10), config.get('image_size', 32)
   model = get_model(config['model'], classes, conv_general_dilated=resolve_conv_spec(config['conv_impl']))
   m, batch_size = config['steps'], config['batch_size']
@@ -212,7 +217,7 @@ def main(argv):
           for conv_impl in FLAGS.conv_impls:
             config = {'model': model, 'batch_size': batch_size, 'steps': steps, 'mode': mode,
                       'conv_impl': conv_impl, 'image_size': FLAGS.image_size, 'num_classes': FLAGS.num_classes,
-                      'repeats': FLAGS.repeats}
+                      'repeats': FLAGS.repeats, 'release_heap': FLAGS.release_heap}
             print(f'measuring {config} ...', file=sys.stderr, flush=True)
             results.append(run_in_subprocess(config))
           if FLAGS.reference and mode not in ('streamed', 'exact_stored'):  # its exact stores its steps

@@ -27,6 +27,7 @@ from prospr_jax.criteria import (
   three_sp_saliency,
 )
 from prospr_jax.distributions import DISTRIBUTIONS, make_mask
+from prospr_jax.host_memory import release_heap_after_compiles
 from prospr_jax.losses import flax_apply_fn, flax_loss_fn, softmax_cross_entropy
 from prospr_jax.masks import (
   all_ones_mask,

@@ -21,7 +21,7 @@ import ml_collections
 from absl import flags, logging
 from jax.experimental import multihost_utils
 
-from prospr_jax import experiment, validation, workdir as workdir_lib
+from prospr_jax import experiment, host_memory, validation, workdir as workdir_lib
 from prospr_jax.data import DatasetUnavailableError
 from prospr_jax.flag_parsing import report
 
@@ -145,6 +145,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename:
   """Run ``JOBS[job]`` in the workdir; what stops it ends the process with one line and a meaningful exit code."""
   initialize_distributed()
   configure_logging()
+  host_memory.release_heap_after_compiles()  # the compiler's freed heap is not held beside the run's buffers
   workdir_path = pathlib.Path(workdir) if workdir else default_workdir(config_filename, job)
   made = next((folder for folder in reversed(workdir_path.absolute().parents) if not folder.exists()),
               None if workdir_path.exists() else workdir_path.absolute())

@@ -15,7 +15,7 @@ import time
 import pytest
 from absl import flags, logging as absl_logging
 
-from prospr_jax import entry, flag_parsing, validation
+from prospr_jax import entry, flag_parsing, host_memory, validation
 from prospr_jax.data import DatasetUnavailableError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,6 +27,7 @@ def quiet_entry(monkeypatch):
   """No distributed start-up, and the prospr_jax logger left as the other tests expect it."""
   monkeypatch.setattr(entry, 'initialize_distributed', lambda: None)
   monkeypatch.setattr(entry, 'configure_logging', lambda: None)
+  monkeypatch.setattr(host_memory, 'release_heap_after_compiles', lambda: None)  # no listener left in this process
   monkeypatch.delenv(flag_parsing.TRACEBACK_ENV, raising=False)
 
 
@@ -50,6 +51,13 @@ def error_line(stderr):
   lines = [line for line in stderr.splitlines() if line.startswith('error: ')]
   assert len(lines) == 1, stderr
   return lines[0]
+
+
+def test_a_run_hands_the_compilers_freed_heap_back_before_its_programs_run(monkeypatch, tmp_path):
+  events = []
+  monkeypatch.setattr(host_memory, 'release_heap_after_compiles', lambda: events.append('release heap after compiles'))
+  assert run_job(monkeypatch, tmp_path / 'run', lambda config, workdir: events.append('job')) == 0
+  assert events == ['release heap after compiles', 'job']
 
 
 @pytest.mark.parametrize('error', [
