@@ -10,6 +10,7 @@ import pytest
 
 import prospr_jax
 from prospr_jax.models import conv, get_model
+from prospr_jax.models.winograd import winograd_conv
 
 IMPLS = {'canonical': conv.canonical_conv, 'im2col': conv.im2col_conv, 'auto_cpu': conv.auto_cpu_conv}
 
@@ -34,6 +35,48 @@ def test_outputs_and_first_and_second_order_gradients_equal_lax_conv(impl, kerne
   for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11), make(ours)(x, w),
                  make(ref)(x, w))
+
+
+@pytest.mark.parametrize('shape, padding', [((2, 7, 6, 3), 'SAME'), ((2, 7, 6, 3), 'VALID'),
+                                            ((1, 5, 8, 2), ((1, 2), (0, 1))), ((1, 3, 3, 2), ((2, 0), (0, 2)))])
+@pytest.mark.parametrize('tile', [2, 4])
+def test_winograd_equals_lax_conv_to_second_order_and_under_vmap(shape, padding, tile):
+  """F(2x2, 3x3) and F(4x4, 3x3) on output sizes that are and are not whole tiles (a partial tile gets zero rows
+  or columns, cut off), asymmetric pads."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 4))
+  pads = conv._explicit_pads(x, w, (1, 1), padding)
+  ours = lambda x, w: winograd_conv(x, w, (1, 1), pads, tile)
+  ref = lambda x, w: lax_conv(x, w, (1, 1), padding)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
+  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-11), a, b)
+  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
+    close(make(ours)(x, w), make(ref)(x, w))
+  batched = jax.vmap(jax.grad(loss(ours), (0, 1))), jax.vmap(jax.grad(loss(ref), (0, 1)))
+  close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
+
+
+def test_winograd_refuses_what_it_cannot_compute():
+  with pytest.raises(ValueError, match='winograd_conv is for 3x3 kernels at stride 1'):
+    winograd_conv(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2)), (2, 2), ((1, 1), (1, 1)))
+
+
+def test_auto_on_cpu_takes_winograd_for_wide_3x3_stride_1_layers_with_enough_tiles():
+  uses = lambda x_shape, k_shape, strides=(1, 1): conv._uses_winograd(jnp.ones(x_shape), jnp.ones(k_shape), strides,
+                                                                      ((1, 1), (1, 1)))
+  assert uses((256, 2, 2, 512), (3, 3, 512, 512))      # VGG-16's last layers at batch 256: 256 tiles
+  assert uses((16, 4, 4, 512), (3, 3, 512, 512))       # 64 tiles
+  assert not uses((16, 2, 2, 512), (3, 3, 512, 512))   # 16 tiles: the kernel's transform outweighs the saving
+  assert uses((64, 8, 8, 64), (3, 3, 64, 64))          # ResNet-20's last stage at batch 64
+  assert not uses((256, 32, 32, 32), (3, 3, 32, 32))   # narrow: canonical
+  assert not uses((256, 32, 32, 64), (3, 3, 64, 64), (2, 2))
+  assert not uses((256, 32, 32, 64), (1, 1, 64, 64))
+  assert not conv._uses_winograd(jnp.ones((256, 8, 8, 64)), jnp.ones((3, 3, 64, 64)), (1, 1), ((3, 3), (1, 1)))
+  x, w = jnp.ones((16, 4, 4, 512), jnp.float32), jnp.ones((3, 3, 512, 512), jnp.float32)
+  hlo = jax.jit(lambda x, w: conv.auto_cpu_conv(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)).lower(
+      x, w).as_text()
+  assert 'convolution' not in hlo and 'dot_general' in hlo
 
 
 def test_non_plain_convolutions_fall_back_to_lax():
@@ -75,11 +118,12 @@ def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolut
 
 
 # Small nets that still have layers on both sides of auto's 64-input-channel switch (ResNet-20's last stage has 64);
-# VGG pools 4 times.
+# their 64-channel layers take Winograd (every batch size, by the patched threshold). VGG pools 4 times.
 # column_mib=0.01: lean im2col, with VGG's 32x32 layers split into one-image chunks.
 @pytest.mark.parametrize('model_name, size, kwargs', [('resnet20', 8, {}), ('vgg11', 32, {'width': 0.25}),
                                                       ('vgg11', 32, {'width': 0.25, 'column_mib': 0.01})])
-def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs):
+def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs, monkeypatch):
+  monkeypatch.setattr(conv, 'WINOGRAD_MIN_TILES', 1)  # these batches are tiny: Winograd for every wide 3x3 layer
   params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **{**kwargs, 'column_mib': None})
   _, _, auto_loss = meta_gradient_problem(model_name, 'auto', size, **kwargs)
   a = prospr_jax.prospr_saliency(params, batches, loss_fn=auto_loss)

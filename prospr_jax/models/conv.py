@@ -13,13 +13,16 @@ fixes, both exact:
   derivatives are pads, slices and matmuls.
 
 ``auto`` resolves before tracing: plain ``lax`` off-CPU; on CPU, per layer,
-``canonical`` for stride-1 layers with 5-63 input channels and ``im2col`` for the
-rest (``benchmarks/conv_impl.py`` and ``benchmarks/saliency.py`` measure why).
+``canonical`` for stride-1 layers with 5-63 input channels, Winograd F(2x2, 3x3)
+(``winograd.py``: 2.25x fewer multiplications, all derivatives matmuls too) for
+wide 3x3 stride-1 layers with enough output tiles, and ``im2col`` for the rest
+(``benchmarks/conv_impl.py`` and ``benchmarks/saliency.py`` measure why).
 
 im2col's columns are ``kh * kw`` times the layer's input (576 MiB for VGG-16's
 32x32x64 layer at batch 256) and autodiff keeps them for the backward pass.
 ``column_mib`` trades time for memory: ``lean_im2col`` loops over batch chunks
-and rebuilds the columns in the backward pass (``benchmarks/memory.py``).
+and rebuilds the columns in the backward pass, and takes Winograd's layers too
+(its tiles, 4x each layer's input, are kept for the backward pass; ``benchmarks/memory.py``).
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from prospr_jax.models.winograd import winograd_conv
+
 ConvFn = Callable[..., jax.Array]
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 IM2COL_MIN_CHANNELS = 64
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_TILES = 64
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -236,9 +243,24 @@ def _uses_im2col(rhs, strides) -> bool:
   return rhs.shape[2] >= IM2COL_MIN_CHANNELS or strides != (1, 1) or rhs.shape[2] <= 4
 
 
-def _auto_cpu(im2col_kernel):
-  return lambda lhs, rhs, strides, pads: (im2col_kernel if _uses_im2col(rhs, strides) else conv_f)(
-      lhs, rhs, strides, pads)
+def _uses_winograd(lhs, rhs, strides, pads) -> bool:
+  """auto on CPU: Winograd F(2x2, 3x3) (``winograd.py``) for 3x3 stride-1 layers with >= 64 input channels and at
+  least ``WINOGRAD_MIN_TILES`` 2x2 output tiles: below that its fixed cost (the kernel's transform and its
+  gradient's) outweighs the multiplications it saves (at batch 16 VGG-16's 2x2 layers tie), and at 16-32 channels
+  canonical is faster (``python benchmarks/conv_impl.py --program=train_step --impls=canonical,im2col,winograd``)."""
+  if (rhs.shape[:2] != (3, 3) or strides != (1, 1) or rhs.shape[2] < WINOGRAD_MIN_CHANNELS
+      or not all(0 <= p <= 2 for pair in pads for p in pair)):  # jnp.pad's widths, here and in its derivatives
+    return False
+  ho, wo = (lhs.shape[1 + i] + sum(pads[i]) - 2 for i in (0, 1))
+  return lhs.shape[0] * ((ho + 1) // 2) * ((wo + 1) // 2) >= WINOGRAD_MIN_TILES
+
+
+def _auto_cpu(im2col_kernel, winograd: bool = True):
+  def kernel(lhs, rhs, strides, pads):
+    if winograd and _uses_winograd(lhs, rhs, strides, pads):
+      return winograd_conv(lhs, rhs, strides, pads)
+    return (im2col_kernel if _uses_im2col(rhs, strides) else conv_f)(lhs, rhs, strides, pads)
+  return kernel
 
 
 auto_cpu_conv = _make(_auto_cpu(im2col), 'auto_cpu')
@@ -271,7 +293,7 @@ def _lean_conv(name: str, column_bytes: int) -> ConvFn:
   lean = lean_im2col(column_bytes)
   if name == 'im2col':
     return _make(lean, 'lean_im2col')
-  return _make(_auto_cpu(lean), 'lean_auto_cpu')
+  return _make(_auto_cpu(lean, winograd=False), 'lean_auto_cpu')  # lean im2col holds less than Winograd's tiles
 
 
 def resolve_conv_spec(spec: str, platform: str | None = None) -> ConvFn | None:
