@@ -21,8 +21,9 @@ wide 3x3 stride-1 layers with enough output tiles, and ``im2col`` for the rest
 im2col's columns are ``kh * kw`` times the layer's input (576 MiB for VGG-16's
 32x32x64 layer at batch 256) and autodiff keeps them for the backward pass.
 ``column_mib`` trades time for memory: ``lean_im2col`` loops over batch chunks
-and rebuilds the columns in the backward pass, and takes Winograd's layers too
-(its tiles, 4x each layer's input, are kept for the backward pass; ``benchmarks/memory.py``).
+and rebuilds the columns in the backward pass; it then takes Winograd's layers
+too, since Winograd keeps its tiles (4x each layer's input) for the backward
+pass (``benchmarks/memory.py``).
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def _uses_winograd(lhs, rhs, strides, pads) -> bool:
   if (rhs.shape[:2] != (3, 3) or strides != (1, 1) or rhs.shape[2] < WINOGRAD_MIN_CHANNELS
       or not all(0 <= p <= 2 for pair in pads for p in pair)):  # jnp.pad's widths, here and in its derivatives
     return False
-  ho, wo = (lhs.shape[1 + i] + sum(pads[i]) - 2 for i in (0, 1))
+  ho, wo = _out_hw(lhs.shape[1:3], (3, 3), strides, pads)
   return lhs.shape[0] * ((ho + 1) // 2) * ((wo + 1) // 2) >= WINOGRAD_MIN_TILES
 
 
