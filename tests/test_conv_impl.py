@@ -62,21 +62,34 @@ def test_winograd_refuses_what_it_cannot_compute():
     winograd_conv(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2)), (2, 2), ((1, 1), (1, 1)))
 
 
+def winograd_tile(x_shape, k_shape, strides=(1, 1), pads=((1, 1), (1, 1))):
+  return conv._winograd_tile(jnp.ones(x_shape), jnp.ones(k_shape), strides, pads)
+
+
 def test_auto_on_cpu_takes_winograd_for_wide_3x3_stride_1_layers_with_enough_tiles():
-  uses = lambda x_shape, k_shape, strides=(1, 1): conv._uses_winograd(jnp.ones(x_shape), jnp.ones(k_shape), strides,
-                                                                      ((1, 1), (1, 1)))
-  assert uses((256, 2, 2, 512), (3, 3, 512, 512))      # VGG-16's last layers at batch 256: 256 tiles
-  assert uses((16, 4, 4, 512), (3, 3, 512, 512))       # 64 tiles
-  assert not uses((16, 2, 2, 512), (3, 3, 512, 512))   # 16 tiles: the kernel's transform outweighs the saving
-  assert uses((64, 8, 8, 64), (3, 3, 64, 64))          # ResNet-20's last stage at batch 64
-  assert not uses((256, 32, 32, 32), (3, 3, 32, 32))   # narrow: canonical
-  assert not uses((256, 32, 32, 64), (3, 3, 64, 64), (2, 2))
-  assert not uses((256, 32, 32, 64), (1, 1, 64, 64))
-  assert not conv._uses_winograd(jnp.ones((256, 8, 8, 64)), jnp.ones((3, 3, 64, 64)), (1, 1), ((3, 3), (1, 1)))
+  assert winograd_tile((256, 32, 32, 64), (3, 3, 64, 64)) == 2
+  assert winograd_tile((256, 2, 2, 512), (3, 3, 512, 512)) == 2   # VGG-16's last layers at batch 256: 256 tiles
+  assert winograd_tile((16, 4, 4, 512), (3, 3, 512, 512)) == 2    # 64 tiles
+  assert winograd_tile((16, 2, 2, 512), (3, 3, 512, 512)) == 0    # 16 tiles: the kernel's transform outweighs the saving
+  assert winograd_tile((256, 1, 1, 512), (3, 3, 512, 512)) == 0   # a 2x2 tile would compute 4x the output
+  assert winograd_tile((64, 8, 8, 64), (3, 3, 64, 64)) == 2       # ResNet-20's last stage at batch 64
+  assert winograd_tile((256, 32, 32, 32), (3, 3, 32, 32)) == 0    # narrow: canonical
+  assert winograd_tile((256, 32, 32, 64), (3, 3, 64, 64), (2, 2)) == 0
+  assert winograd_tile((256, 32, 32, 64), (1, 1, 64, 64)) == 0
+  assert winograd_tile((256, 8, 8, 64), (3, 3, 64, 64), pads=((3, 3), (1, 1))) == 0
   x, w = jnp.ones((16, 4, 4, 512), jnp.float32), jnp.ones((3, 3, 512, 512), jnp.float32)
   hlo = jax.jit(lambda x, w: conv.auto_cpu_conv(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)).lower(
       x, w).as_text()
   assert 'convolution' not in hlo and 'dot_general' in hlo
+
+
+def test_with_4x4_tiles_allowed_auto_takes_the_largest_tile_that_fits_the_output(monkeypatch):
+  monkeypatch.setattr(conv, 'WINOGRAD_TILES', (4, 2))  # F(4x4, 3x3): not by default (its float32 rounding)
+  assert winograd_tile((256, 32, 32, 64), (3, 3, 64, 64)) == 4
+  assert winograd_tile((256, 7, 7, 256), (3, 3, 256, 256)) == 4   # partial tiles (28x28 inputs)
+  assert winograd_tile((64, 4, 4, 512), (3, 3, 512, 512)) == 4    # 64 tiles of 4x4
+  assert winograd_tile((16, 4, 4, 512), (3, 3, 512, 512)) == 2    # 16 tiles of 4x4 are too few, 64 of 2x2 are not
+  assert winograd_tile((256, 2, 2, 512), (3, 3, 512, 512)) == 2   # a 4x4 tile would compute 4x the outputs
 
 
 def test_non_plain_convolutions_fall_back_to_lax():
@@ -118,12 +131,16 @@ def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolut
 
 
 # Small nets that still have layers on both sides of auto's 64-input-channel switch (ResNet-20's last stage has 64);
-# their 64-channel layers take Winograd (every batch size, by the patched threshold). VGG pools 4 times.
+# their 64-channel layers take Winograd (every batch size, by the patched threshold); with 4x4 tiles allowed,
+# F(4x4, 3x3) on VGG-11's 8x8 and 4x4 outputs and F(2x2, 3x3) on its 2x2 ones. VGG pools 4 times.
 # column_mib=0.01: lean im2col, with VGG's 32x32 layers split into one-image chunks.
 @pytest.mark.parametrize('model_name, size, kwargs', [('resnet20', 8, {}), ('vgg11', 32, {'width': 0.25}),
+                                                      ('vgg11', 32, {'width': 0.25, 'tiles': (4, 2)}),
                                                       ('vgg11', 32, {'width': 0.25, 'column_mib': 0.01})])
 def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs, monkeypatch):
   monkeypatch.setattr(conv, 'WINOGRAD_MIN_TILES', 1)  # these batches are tiny: Winograd for every wide 3x3 layer
+  kwargs = dict(kwargs)
+  monkeypatch.setattr(conv, 'WINOGRAD_TILES', kwargs.pop('tiles', conv.WINOGRAD_TILES))
   params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **{**kwargs, 'column_mib': None})
   _, _, auto_loss = meta_gradient_problem(model_name, 'auto', size, **kwargs)
   a = prospr_jax.prospr_saliency(params, batches, loss_fn=auto_loss)

@@ -43,6 +43,10 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
 IM2COL_MIN_CHANNELS = 64
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_TILES = 64
+# The Winograd output tiles auto may take, largest first. F(4x4, 3x3) (4) would make VGG-16's layers 0.6-0.75x
+# F(2x2, 3x3)'s time, but its float32 rounding moves ProsPr's masks (VGG-16, M = 1: 93% of the kept weights shared
+# with float64's, against 99.2% with F(2x2) and 99.8% with im2col; README, Performance): not by default.
+WINOGRAD_TILES = (2,)
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -244,22 +248,29 @@ def _uses_im2col(rhs, strides) -> bool:
   return rhs.shape[2] >= IM2COL_MIN_CHANNELS or strides != (1, 1) or rhs.shape[2] <= 4
 
 
-def _uses_winograd(lhs, rhs, strides, pads) -> bool:
-  """auto on CPU: Winograd F(2x2, 3x3) (``winograd.py``) for 3x3 stride-1 layers with >= 64 input channels and at
-  least ``WINOGRAD_MIN_TILES`` 2x2 output tiles: below that its fixed cost (the kernel's transform and its
-  gradient's) outweighs the multiplications it saves (at batch 16 VGG-16's 2x2 layers tie), and at 16-32 channels
-  canonical is faster (``python benchmarks/conv_impl.py --program=train_step --impls=canonical,im2col,winograd``)."""
+def _winograd_tile(lhs, rhs, strides, pads) -> int:
+  """auto on CPU: the output tile of the Winograd algorithm for this layer (``winograd.py``), 0 for none.
+
+  Winograd runs 3x3 stride-1 layers with >= 64 input channels (at 16-32 channels canonical is faster) and at least
+  ``WINOGRAD_MIN_TILES`` output tiles (below that its fixed cost, the kernel's transform and its gradient's,
+  outweighs the multiplications it saves; at batch 16 VGG-16's 2x2 layers tie). Of ``WINOGRAD_TILES`` it takes the
+  largest that fits the output (a 2x2 tile on a 1x1 output would compute 4x the outputs) and has enough tiles
+  (``python benchmarks/conv_impl.py --program=train_step --impls=canonical,im2col,winograd,winograd4``)."""
   if (rhs.shape[:2] != (3, 3) or strides != (1, 1) or rhs.shape[2] < WINOGRAD_MIN_CHANNELS
       or not all(0 <= p <= 2 for pair in pads for p in pair)):  # jnp.pad's widths, here and in its derivatives
-    return False
+    return 0
   ho, wo = _out_hw(lhs.shape[1:3], (3, 3), strides, pads)
-  return lhs.shape[0] * ((ho + 1) // 2) * ((wo + 1) // 2) >= WINOGRAD_MIN_TILES
+  for tile in WINOGRAD_TILES:
+    if min(ho, wo) >= tile and lhs.shape[0] * -(-ho // tile) * -(-wo // tile) >= WINOGRAD_MIN_TILES:
+      return tile
+  return 0
 
 
 def _auto_cpu(im2col_kernel, winograd: bool = True):
   def kernel(lhs, rhs, strides, pads):
-    if winograd and _uses_winograd(lhs, rhs, strides, pads):
-      return winograd_conv(lhs, rhs, strides, pads)
+    tile = _winograd_tile(lhs, rhs, strides, pads) if winograd else 0
+    if tile:
+      return winograd_conv(lhs, rhs, strides, pads, tile)
     return (im2col_kernel if _uses_im2col(rhs, strides) else conv_f)(lhs, rhs, strides, pads)
   return kernel
 
