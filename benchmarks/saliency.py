@@ -36,7 +36,7 @@ flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
 flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure; exact_stored: '
                   'exact without recomputing the inner steps (checkpoint_steps=False), as the PyTorch reference.')
 flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (models/conv.py), side by side; '
-                  'name:MiB caps the im2col columns held at once (lean im2col).')
+                  'name:MiB caps the im2col columns or Winograd tiles held at once (lean im2col, lean Winograd).')
 flags.DEFINE_integer('image_size', 32, 'Input height and width (224 for ImageNet models).')
 flags.DEFINE_integer('num_classes', 10, 'Output classes (1000 for ImageNet).')
 flags.DEFINE_integer('repeats', 3, 'Timed calls after the warm-up call; the median is reported (0: the first '

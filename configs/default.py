@@ -22,8 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = 'small_cnn'
   config.model_kwargs = ml_collections.ConfigDict()
   config.conv_impl = 'auto'     # auto | lax | canonical | im2col (prospr_jax/models/conv.py); auto = lax off-CPU
-  # im2col layers hold at most this many MiB of columns and rebuild them in the backward pass: less memory, more
-  # time (README, Performance); unset keeps all columns (fastest)
+  # im2col and Winograd layers (CPU) hold at most this many MiB of columns / tiles and rebuild them in the backward
+  # pass: less memory (README, Performance); unset keeps them all
   config.conv_column_mib = ml_collections.config_dict.placeholder(float)
 
   config.criterion = 'prospr'  # a name from prospr_jax.CRITERIA

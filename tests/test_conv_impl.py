@@ -166,6 +166,25 @@ def test_lean_im2col_over_batch_chunks_equals_lax_conv_to_second_order(kernel, s
   close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
 
 
+@pytest.mark.parametrize('shape, padding', [((3, 7, 6, 3), 'SAME'), ((3, 5, 8, 2), ((1, 2), (0, 1))),
+                                            ((3, 3, 3, 2), ((2, 0), (0, 2)))])
+@pytest.mark.parametrize('tile', [2, 4])
+def test_lean_winograd_over_batch_chunks_equals_lax_conv_to_second_order(shape, padding, tile):
+  """F, D (Winograd with the flipped kernel) and W (tile products summed over chunks), one image per chunk."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 4))
+  pads = conv._explicit_pads(x, w, (1, 1), padding)
+  ours = lambda x, w: conv.lean_winograd(1, tile)(x, w, (1, 1), pads)
+  ref = lambda x, w: lax_conv(x, w, (1, 1), padding)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
+  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-11), a, b)
+  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
+    close(make(ours)(x, w), make(ref)(x, w))
+  batched = jax.vmap(jax.grad(loss(ours), (0, 1))), jax.vmap(jax.grad(loss(ref), (0, 1)))
+  close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
+
+
 def test_a_gradient_through_lean_im2col_never_holds_the_whole_batchs_columns():
   """The backward pass rebuilds each chunk's columns: XLA may not keep the forward's (by CSE or early scheduling)."""
   x, w = jnp.ones((32, 16, 16, 16), jnp.float32), jnp.ones((3, 3, 16, 16), jnp.float32)
@@ -176,6 +195,29 @@ def test_a_gradient_through_lean_im2col_never_holds_the_whole_batchs_columns():
     loss = lambda x, w, f=conv_fn: jnp.sum(jnp.tanh(f(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)))
     temp[name] = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().memory_analysis().temp_size_in_bytes
   assert temp['im2col'] > columns_bytes > 2 * temp['lean'], temp  # measured: 2.1x and 0.4x the columns
+
+
+def test_a_gradient_through_lean_winograd_never_holds_the_whole_batchs_tiles():
+  """Plain Winograd keeps every tile for the backward pass; lean Winograd rebuilds them, one chunk at a time."""
+  x, w = jnp.ones((32, 16, 16, 64), jnp.float32), jnp.ones((3, 3, 64, 64), jnp.float32)
+  tiles_bytes = 32 * 8 * 8 * 16 * 64 * 4  # F(2x2, 3x3): 16 values per 2x2 output tile, 8.4 MB
+  temp = {}
+  for name, conv_fn in (('winograd', lambda x, w: winograd_conv(x, w, (1, 1), ((1, 1), (1, 1)))),
+                        ('lean', lambda x, w: conv.lean_winograd(3 * tiles_bytes // 32)(x, w, (1, 1), ((1, 1), (1, 1))))):
+    loss = lambda x, w, f=conv_fn: jnp.sum(jnp.tanh(f(x, w)))  # lean: one image per chunk
+    temp[name] = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().memory_analysis().temp_size_in_bytes
+  # measured: 3.0x and 0.78x the tiles (the rest is x, y and their gradients: 2.1 MB each)
+  assert temp['winograd'] > 2 * tiles_bytes and temp['lean'] < tiles_bytes, temp
+
+
+def test_the_lean_setting_runs_winograd_layers_as_lean_winograd_in_batch_chunks():
+  x, w = jnp.ones((64, 8, 8, 64), jnp.float32), jnp.ones((3, 3, 64, 64), jnp.float32)
+  lean = conv.resolve_conv_impl('auto', 'cpu', column_mib=1)  # 64 images' tiles are 4 MiB, 3x that per op
+  loss = lambda x, w: jnp.sum(jnp.tanh(lean(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)))
+  hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()
+  assert 'convolution' not in hlo and 'while' in hlo  # Winograd's matmuls, in chunk loops
+  np.testing.assert_allclose(lean(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC),
+                             winograd_conv(x, w, (1, 1), ((1, 1), (1, 1))), rtol=1e-6)
 
 
 def test_lean_conv_settings_resolve_to_one_function_each_and_bad_budgets_are_refused():

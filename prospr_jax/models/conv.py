@@ -19,11 +19,11 @@ wide 3x3 stride-1 layers with enough output tiles, and ``im2col`` for the rest
 (``benchmarks/conv_impl.py`` and ``benchmarks/saliency.py`` measure why).
 
 im2col's columns are ``kh * kw`` times the layer's input (576 MiB for VGG-16's
-32x32x64 layer at batch 256) and autodiff keeps them for the backward pass.
-``column_mib`` trades time for memory: ``lean_im2col`` loops over batch chunks
-and rebuilds the columns in the backward pass; it then takes Winograd's layers
-too, since Winograd keeps its tiles (4x each layer's input) for the backward
-pass (``benchmarks/memory.py``).
+32x32x64 layer at batch 256) and autodiff keeps them for the backward pass;
+Winograd keeps its tiles (4x the input). ``column_mib`` trades time for memory:
+``lean_im2col`` and ``lean_winograd`` loop over batch chunks, hold at most that
+many MiB of columns (or tiles) at a time and rebuild them in the backward pass
+(``benchmarks/memory.py``).
 """
 
 from __future__ import annotations
@@ -209,6 +209,41 @@ def lean_im2col(column_bytes: int) -> Callable[[jax.Array, jax.Array, tuple[int,
   return _family(forward, input_grad, weight_grad, f'lean_im2col_{column_bytes}', recompute_after_cotangent=True)[0]
 
 
+@functools.cache
+def lean_winograd(tile_bytes: int, tile: int = 2) -> Callable[[jax.Array, jax.Array, tuple[int, int], Pads], jax.Array]:
+  """Winograd F(tile x tile, 3x3) (``winograd.py``) that holds at most ``tile_bytes`` of tiles at a time: a closed
+  F/D/W family, as ``lean_im2col``, whose ops loop over batch chunks and keep only their inputs, rebuilding tiles in
+  the backward pass. D is Winograd too (stride 1: the flipped, in/out-swapped kernel), W the transpose of F in ``w``
+  (the tiles' products summed over chunks)."""
+
+  def chunk_size(n, out_hw, channels, itemsize):
+    """Batch chunk whose working set fits: an op holds its input's patches, their tiles and its output's tiles at
+    once, at most 3x the wider side's tiles."""
+    per_image = 3 * (tile + 2) ** 2 * -(-out_hw[0] // tile) * -(-out_hw[1] // tile) * channels * itemsize
+    return max(d for d in range(1, min(n, max(1, tile_bytes // per_image)) + 1) if n % d == 0)
+
+  def forward(x, w, strides, pads):
+    out_hw = _out_hw(x.shape[1:3], w.shape[:2], strides, pads)
+    chunk = chunk_size(x.shape[0], out_hw, max(w.shape[2:]), x.dtype.itemsize)
+    y = _over_chunks(lambda xc: winograd_conv(xc, w, strides, pads, tile), chunk, x)
+    return y.reshape(x.shape[0], *out_hw, w.shape[3])
+
+  def input_grad(g, w, strides, pads, x_hw):
+    tpads = tuple((2 - lo, n + lo - m) for (lo, _), n, m in zip(pads, x_hw, g.shape[1:3]))  # in 0..2 as pads are
+    kernel = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    chunk = chunk_size(g.shape[0], x_hw, max(w.shape[2:]), g.dtype.itemsize)
+    dx = _over_chunks(lambda gc: winograd_conv(gc, kernel, strides, tpads, tile), chunk, g)
+    return dx.reshape(g.shape[0], *x_hw, w.shape[2])
+
+  def weight_grad(x, g, strides, pads, k_hw):
+    kernel = jax.ShapeDtypeStruct((*k_hw, x.shape[3], g.shape[3]), x.dtype)
+    chunk = chunk_size(x.shape[0], g.shape[1:3], max(x.shape[3], g.shape[3]), x.dtype.itemsize)
+    part = lambda xc, gc: jax.linear_transpose(lambda w: winograd_conv(xc, w, strides, pads, tile), kernel)(gc)[0]
+    return _over_chunks(part, chunk, x, g, summed=True)
+
+  return _family(forward, input_grad, weight_grad, f'lean_winograd{tile}_{tile_bytes}', recompute_after_cotangent=True)[0]
+
+
 def _is_plain(dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count) -> bool:
   nhwc = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), NHWC)
   dims = (dimension_numbers if isinstance(dimension_numbers, lax.ConvDimensionNumbers)
@@ -266,11 +301,12 @@ def _winograd_tile(lhs, rhs, strides, pads) -> int:
   return 0
 
 
-def _auto_cpu(im2col_kernel, winograd: bool = True):
+def _auto_cpu(im2col_kernel, winograd_kernel=winograd_conv):
+  """auto's per-layer choice, with the given im2col and Winograd kernels (the lean setting passes lean ones)."""
   def kernel(lhs, rhs, strides, pads):
-    tile = _winograd_tile(lhs, rhs, strides, pads) if winograd else 0
+    tile = _winograd_tile(lhs, rhs, strides, pads)
     if tile:
-      return winograd_conv(lhs, rhs, strides, pads, tile)
+      return winograd_kernel(lhs, rhs, strides, pads, tile)
     return (im2col_kernel if _uses_im2col(rhs, strides) else conv_f)(lhs, rhs, strides, pads)
   return kernel
 
@@ -282,8 +318,9 @@ CONV_IMPLS = ('auto', 'lax', 'canonical', 'im2col')
 def resolve_conv_impl(name: str, platform: str | None = None, column_mib: float | None = None) -> ConvFn | None:
   """The ``conv_general_dilated`` for ``name``; ``None`` means flax's default (plain ``lax``).
 
-  ``column_mib``: im2col layers (``im2col``, and ``auto`` on CPU) hold at most this many MiB of columns at a time and
-  rebuild them in the backward pass (``lean_im2col``): less memory, more time (README, Performance).
+  ``column_mib``: im2col and Winograd layers (``im2col``, and ``auto`` on CPU) hold at most this many MiB of columns
+  or tiles at a time and rebuild them in the backward pass (``lean_im2col``, ``lean_winograd``): less memory
+  (README, Performance).
   """
   if name not in CONV_IMPLS:
     raise ValueError(f'unknown conv_impl {name!r}; valid names: {", ".join(CONV_IMPLS)}')
@@ -305,7 +342,8 @@ def _lean_conv(name: str, column_bytes: int) -> ConvFn:
   lean = lean_im2col(column_bytes)
   if name == 'im2col':
     return _make(lean, 'lean_im2col')
-  return _make(_auto_cpu(lean, winograd=False), 'lean_auto_cpu')  # lean im2col holds less than Winograd's tiles
+  return _make(_auto_cpu(lean, lambda x, w, strides, pads, tile: lean_winograd(column_bytes, tile)(x, w, strides, pads)),
+               'lean_auto_cpu')
 
 
 def resolve_conv_spec(spec: str, platform: str | None = None) -> ConvFn | None:
