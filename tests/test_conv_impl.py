@@ -37,6 +37,18 @@ def test_outputs_and_first_and_second_order_gradients_equal_lax_conv(impl, kerne
                  make(ref)(x, w))
 
 
+def assert_equal_to_second_order_and_under_vmap(ours, ref, x, w):
+  """Values, first- and second-order gradients (both first-order gradients feed a loss, differentiated again) and a
+  vmapped gradient (GraSP maps over batches) of ``ours`` equal ``ref``'s in float64."""
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
+  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-11), a, b)
+  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
+    close(make(ours)(x, w), make(ref)(x, w))
+  batched = jax.vmap(jax.grad(loss(ours), (0, 1))), jax.vmap(jax.grad(loss(ref), (0, 1)))
+  close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
+
+
 @pytest.mark.parametrize('shape, padding', [((2, 7, 6, 3), 'SAME'), ((2, 7, 6, 3), 'VALID'),
                                             ((1, 5, 8, 2), ((1, 2), (0, 1))), ((1, 3, 3, 2), ((2, 0), (0, 2)))])
 @pytest.mark.parametrize('tile', [2, 4])
@@ -48,13 +60,7 @@ def test_winograd_equals_lax_conv_to_second_order_and_under_vmap(shape, padding,
   pads = conv._explicit_pads(x, w, (1, 1), padding)
   ours = lambda x, w: winograd_conv(x, w, (1, 1), pads, tile)
   ref = lambda x, w: lax_conv(x, w, (1, 1), padding)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
-  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-11), a, b)
-  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
-    close(make(ours)(x, w), make(ref)(x, w))
-  batched = jax.vmap(jax.grad(loss(ours), (0, 1))), jax.vmap(jax.grad(loss(ref), (0, 1)))
-  close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
+  assert_equal_to_second_order_and_under_vmap(ours, ref, x, w)
 
 
 def test_winograd_refuses_what_it_cannot_compute():
@@ -157,13 +163,7 @@ def test_lean_im2col_over_batch_chunks_equals_lax_conv_to_second_order(kernel, s
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
   ours = lambda x, w: lean(x, w, strides, padding, dimension_numbers=conv.NHWC)
   ref = lambda x, w: lax_conv(x, w, strides, padding)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
-  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-11), a, b)
-  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
-    close(make(ours)(x, w), make(ref)(x, w))
-  batched = jax.vmap(jax.grad(loss(ours), (0, 1))), jax.vmap(jax.grad(loss(ref), (0, 1)))  # GraSP maps over batches
-  close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
+  assert_equal_to_second_order_and_under_vmap(ours, ref, x, w)
 
 
 @pytest.mark.parametrize('shape, padding', [((3, 7, 6, 3), 'SAME'), ((3, 5, 8, 2), ((1, 2), (0, 1))),
@@ -176,13 +176,7 @@ def test_lean_winograd_over_batch_chunks_equals_lax_conv_to_second_order(shape, 
   pads = conv._explicit_pads(x, w, (1, 1), padding)
   ours = lambda x, w: conv.lean_winograd(1, tile)(x, w, (1, 1), pads)
   ref = lambda x, w: lax_conv(x, w, (1, 1), padding)
-  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
-  second = lambda f: lambda x, w: sum(jnp.sum(jnp.cos(g)) for g in jax.grad(loss(f), (0, 1))(x, w))
-  close = lambda a, b: jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-11), a, b)
-  for make in (lambda f: f, lambda f: jax.grad(loss(f), (0, 1)), lambda f: jax.grad(second(f), (0, 1))):
-    close(make(ours)(x, w), make(ref)(x, w))
-  batched = jax.vmap(jax.grad(loss(ours), (0, 1))), jax.vmap(jax.grad(loss(ref), (0, 1)))
-  close(*(f(jnp.stack([x, 2 * x]), jnp.stack([w, -w])) for f in batched))
+  assert_equal_to_second_order_and_under_vmap(ours, ref, x, w)
 
 
 def test_a_gradient_through_lean_im2col_never_holds_the_whole_batchs_columns():
