@@ -325,7 +325,7 @@ def resolve_conv_impl(name: str, platform: str | None = None, column_mib: float 
   if name not in CONV_IMPLS:
     raise ValueError(f'unknown conv_impl {name!r}; valid names: {", ".join(CONV_IMPLS)}')
   if column_mib is not None and not column_mib > 0:
-    raise ValueError(f'conv_column_mib must be a positive number of MiB or None (keep all columns), got {column_mib!r}')
+    raise ValueError(f'conv_column_mib must be a positive number of MiB or None (keep all columns and tiles), got {column_mib!r}')
   platform = platform or jax.default_backend()
   if name == 'lax' or (name == 'auto' and platform != 'cpu'):
     return None
