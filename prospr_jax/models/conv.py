@@ -152,10 +152,9 @@ def im2col(x, w, strides, pads):
   return (columns.reshape(-1, kh * kw * cin) @ w.reshape(kh * kw * cin, cout)).reshape(*columns.shape[:3], cout)
 
 
-def _chunk_size(n: int, out_hw, k_hw, cin: int, itemsize: int, column_bytes: int) -> int:
-  """The largest divisor of the batch ``n`` whose im2col columns fit ``column_bytes`` (at least 1)."""
-  per_image = out_hw[0] * out_hw[1] * k_hw[0] * k_hw[1] * cin * itemsize
-  limit = max(1, column_bytes // per_image)
+def _chunk_size(n: int, per_image_bytes: int, budget_bytes: int) -> int:
+  """The largest divisor of the batch ``n`` whose chunk fits ``budget_bytes`` at ``per_image_bytes`` (at least 1)."""
+  limit = max(1, budget_bytes // per_image_bytes)
   return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
@@ -181,18 +180,21 @@ def lean_im2col(column_bytes: int) -> Callable[[jax.Array, jax.Array, tuple[int,
   """im2col that holds at most ``column_bytes`` of columns at a time: a closed F/D/W family (as ``canonical``) whose
   ops loop over batch chunks and keep only their inputs, rebuilding columns in the backward pass."""
 
+  def chunk_size(n, out_hw, k_hw, cin, itemsize):
+    return _chunk_size(n, out_hw[0] * out_hw[1] * k_hw[0] * k_hw[1] * cin * itemsize, column_bytes)
+
   def forward(x, w, strides, pads):
     kh, kw, cin, cout = w.shape
     matrix = w.reshape(kh * kw * cin, cout)
     out_hw = _out_hw(x.shape[1:3], (kh, kw), strides, pads)
-    chunk = _chunk_size(x.shape[0], out_hw, (kh, kw), cin, x.dtype.itemsize, column_bytes)
+    chunk = chunk_size(x.shape[0], out_hw, (kh, kw), cin, x.dtype.itemsize)
     y = _over_chunks(lambda xc: _columns(xc, (kh, kw), strides, pads).reshape(-1, kh * kw * cin) @ matrix, chunk, x)
     return y.reshape(x.shape[0], *out_hw, cout)
 
   def input_grad(g, w, strides, pads, x_hw):  # g @ kernel^T, scattered back by col2im (the gather's transpose)
     kh, kw, cin, cout = w.shape
     matrix = w.reshape(kh * kw * cin, cout)
-    chunk = _chunk_size(g.shape[0], g.shape[1:3], (kh, kw), cin, g.dtype.itemsize, column_bytes)
+    chunk = chunk_size(g.shape[0], g.shape[1:3], (kh, kw), cin, g.dtype.itemsize)
     col2im = jax.linear_transpose(lambda x: _columns(x, (kh, kw), strides, pads),
                                   jax.ShapeDtypeStruct((chunk, *x_hw, cin), g.dtype))
     dx = _over_chunks(lambda gc: col2im((gc.reshape(-1, cout) @ matrix.T).reshape(*gc.shape[:3], kh * kw * cin))[0],
@@ -201,7 +203,7 @@ def lean_im2col(column_bytes: int) -> Callable[[jax.Array, jax.Array, tuple[int,
 
   def weight_grad(x, g, strides, pads, k_hw):  # columns^T @ g, summed over chunks
     cin, cout = x.shape[3], g.shape[3]
-    chunk = _chunk_size(x.shape[0], g.shape[1:3], k_hw, cin, x.dtype.itemsize, column_bytes)
+    chunk = chunk_size(x.shape[0], g.shape[1:3], k_hw, cin, x.dtype.itemsize)
     part = lambda xc, gc: (_columns(xc, k_hw, strides, pads).reshape(-1, k_hw[0] * k_hw[1] * cin).T
                            @ gc.reshape(-1, cout))
     return _over_chunks(part, chunk, x, g, summed=True).reshape(*k_hw, cin, cout)
@@ -220,7 +222,7 @@ def lean_winograd(tile_bytes: int, tile: int = 2) -> Callable[[jax.Array, jax.Ar
     """Batch chunk whose working set fits: an op holds its input's patches, their tiles and its output's tiles at
     once, at most 3x the wider side's tiles."""
     per_image = 3 * (tile + 2) ** 2 * -(-out_hw[0] // tile) * -(-out_hw[1] // tile) * channels * itemsize
-    return max(d for d in range(1, min(n, max(1, tile_bytes // per_image)) + 1) if n % d == 0)
+    return _chunk_size(n, per_image, tile_bytes)
 
   def forward(x, w, strides, pads):
     out_hw = _out_hw(x.shape[1:3], w.shape[:2], strides, pads)
