@@ -90,9 +90,18 @@ def random_mask(plan, density, seed=0, single=None):
   return mask
 
 
-# XLA:CPU's older fusion emitters compile these float64 programs about twice as fast (ResNet-34 at tiny widths: 1.9 s
-# against 3.7 s); what they compute is the same.
-FAST_COMPILE = {'xla_cpu_use_fusion_emitters': False}
+def _fast_compile_options() -> dict[str, bool]:
+  """XLA:CPU's older fusion emitters where this jaxlib still has them (they compile these float64 programs about
+  twice as fast; what they compute is the same); no option where it does not (jaxlib 0.12 removed it)."""
+  options = {'xla_cpu_use_fusion_emitters': False}
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(0.0).compile()
+  except jax.errors.JaxRuntimeError:
+    return {}
+  return options
+
+
+FAST_COMPILE = _fast_compile_options()
 masked_params = jax.jit(prospr_jax.apply_mask, compiler_options=FAST_COMPILE)  # eager: a compile per leaf shape
 
 
