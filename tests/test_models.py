@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax.models import MODELS, get_model, pooling, vgg
+from prospr_jax.models import MODELS, batch_norm, get_model, pooling, vgg
 
 TORCHVISION_RESNETS = ('resnet18', 'resnet34', 'resnet50')  # small images need small_input (the CIFAR stem)
 
@@ -209,6 +209,30 @@ def test_batchnorm_starts_at_scale_one_and_bias_zero():
     assert norms
     for key, value in norms.items():
       np.testing.assert_array_equal(value, 1.0 if key.endswith("['scale']") else 0.0, err_msg=f'{name} {key}')
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_every_batchnorm_of_the_zoo_uses_two_pass_variance_as_pytorch(name):
+  model = get_model(name, 10, **({'small_input': True} if name in TORCHVISION_RESNETS else {}))
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm):
+      seen.append(context.module.use_fast_variance)
+    return next_fun(*args, **kwargs)
+
+  x = jnp.ones((2, 28, 28, 1))
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=True))
+  assert not any(seen), f'{name}: {sum(seen)} of {len(seen)} BatchNorms use E[x^2] - E[x]^2'
+
+
+def test_zoo_batchnorm_normalises_a_large_offset_in_float32_as_float64_does():
+  x = 1e4 + jax.random.normal(jax.random.key(0), (64, 4), jnp.float32)  # float32: E[x^2] - E[x]^2 cancels catastrophically
+  exact = (np.asarray(x, np.float64) - np.asarray(x, np.float64).mean(0)) / np.asarray(x, np.float64).std(0)
+  norm = batch_norm.batch_norm(train=True)
+  out, _ = norm.apply(norm.init(jax.random.key(0), x), x, mutable=['batch_stats'])
+  np.testing.assert_allclose(out, exact, atol=2e-3)
 
 
 def test_resnet20_convs_and_classifier_are_he_normal_fan_in_with_a_torch_default_bias():

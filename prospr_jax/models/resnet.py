@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prospr_jax.models.batch_norm import batch_norm
 from prospr_jax.models.initializers import (
   he_normal_fan_in,
   he_normal_fan_out,
@@ -39,10 +40,6 @@ from prospr_jax.models.initializers import (
   torch_default_kernel,
   torch_dense,
 )
-
-
-def _norm(train: bool, **kwargs) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, **kwargs)
 
 
 class OptionABlock(nn.Module):
@@ -57,8 +54,8 @@ class OptionABlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda n, s: nn.Conv(n, (3, 3), strides=s, padding=1, use_bias=False,
                                 kernel_init=he_normal_fan_in, conv_general_dilated=self.conv_general_dilated)
-    y = nn.relu(_norm(train)(conv(self.inner or self.features, self.stride)(x)))
-    y = _norm(train)(conv(self.features, 1)(y))
+    y = nn.relu(batch_norm(train)(conv(self.inner or self.features, self.stride)(x)))
+    y = batch_norm(train)(conv(self.features, 1)(y))
     if self.stride != 1 or x.shape[-1] != self.features:
       x = x[:, ::self.stride, ::self.stride, :]
       extra = self.features - x.shape[-1]
@@ -88,7 +85,7 @@ class ResNet20(nn.Module):
     stages, inner = self.widths()
     x = nn.Conv(stages[0], (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_in,
                 conv_general_dilated=self.conv_general_dilated)(x)
-    x = nn.relu(_norm(train)(x))
+    x = nn.relu(batch_norm(train)(x))
     for stage in range(3):
       for block in range(3):
         stride = 2 if stage > 0 and block == 0 else 1
@@ -114,8 +111,8 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = _conv_factory(self.kernel_init, self.conv_general_dilated)
     out = self.out_features or self.features
-    y = nn.relu(_norm(train)(conv((self.inner or (self.features,))[0], 3, self.stride)(x)))
-    y = _norm(train)(conv(out, 3, 1)(y))
+    y = nn.relu(batch_norm(train)(conv((self.inner or (self.features,))[0], 3, self.stride)(x)))
+    y = batch_norm(train)(conv(out, 3, 1)(y))
     return nn.relu(_shortcut(x, out, self.stride, train, conv, self.projection) + y)
 
 
@@ -135,9 +132,9 @@ class Bottleneck(nn.Module):
     conv = _conv_factory(self.kernel_init, self.conv_general_dilated)
     first, second = self.inner or (self.features, self.features)
     out = self.out_features or self.features * 4
-    y = nn.relu(_norm(train)(conv(first, 1, 1)(x)))
-    y = nn.relu(_norm(train)(conv(second, 3, self.stride)(y)))
-    y = _norm(train)(conv(out, 1, 1)(y))
+    y = nn.relu(batch_norm(train)(conv(first, 1, 1)(x)))
+    y = nn.relu(batch_norm(train)(conv(second, 3, self.stride)(y)))
+    y = batch_norm(train)(conv(out, 1, 1)(y))
     return nn.relu(_shortcut(x, out, self.stride, train, conv, self.projection) + y)
 
 
@@ -165,7 +162,7 @@ def resnet_conv_init(name: str) -> Callable[..., Any]:
 def _shortcut(x, features, stride, train, conv, projection=None):
   if not (projection if projection is not None else stride != 1 or x.shape[-1] != features):
     return x
-  return _norm(train)(conv(features, 1, stride)(x))
+  return batch_norm(train)(conv(features, 1, stride)(x))
 
 
 class ResNet(nn.Module):
@@ -200,7 +197,7 @@ class ResNet(nn.Module):
     conv = _conv_factory(kernel_init, self.conv_general_dilated)
     stem, stages, inner = self.widths()
     x = conv(stem, 3, 1)(x) if self.small_input else conv(stem, 7, 2)(x)
-    x = nn.relu(_norm(train)(x))
+    x = nn.relu(batch_norm(train)(x))
     if not self.small_input:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     block = functools.partial(self.block, conv_general_dilated=self.conv_general_dilated, kernel_init=kernel_init)

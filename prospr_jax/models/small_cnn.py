@@ -8,6 +8,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from prospr_jax.models.batch_norm import batch_norm
+
 
 class SmallCNN(nn.Module):
   """conv 3x3 32 - BN - relu - conv 3x3/2 64 - BN - relu - global average pool - dense."""
@@ -20,5 +22,5 @@ class SmallCNN(nn.Module):
     for features, stride in zip(self.widths, (1, 2)):
       x = nn.Conv(features, (3, 3), strides=stride, use_bias=False,
                   conv_general_dilated=self.conv_general_dilated)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+      x = nn.relu(batch_norm(train)(x))
     return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))

@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from prospr_jax.models.batch_norm import batch_norm
 from prospr_jax.models.initializers import he_normal_fan_out, torch_dense
 from prospr_jax.models.pooling import adaptive_avg_pool, vgg_max_pool
 
@@ -66,7 +67,7 @@ class VGG(nn.Module):
         continue
       x = nn.Conv(next(widths), (3, 3), padding=1, kernel_init=he_normal_fan_out,
                   conv_general_dilated=self.conv_general_dilated)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+      x = nn.relu(batch_norm(train)(x))
     if not self.imagenet_head:
       return torch_dense(self.num_classes, x.shape[-1])(x.mean(axis=(1, 2)))
     x = adaptive_avg_pool(x, (7, 7)).reshape(x.shape[0], -1)
