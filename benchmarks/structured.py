@@ -6,10 +6,12 @@ weight decay, ``prospr_jax.training.train_step``) of the dense network, of the
 masked one (full width, the channel mask expanded to every parameter) and of the
 compact one (``prospr_jax.compact``): the median of ``--repeats`` rounds that
 time each of the three once in turn (so a shared machine's load changes hit all
-three alike), XLA's peak memory for the compiled step, and the compact step's
-FLOPs over the dense step's (XLA's cost analysis).
+three alike), XLA's peak memory for the compiled step, and the compact network's
+forward FLOPs over the dense one's, counted from shapes (``models/flops.py``; XLA's
+own count of the compiled step is kept as ``xla_flops``).
 
   nice -n 5 python benchmarks/structured.py --models=vgg19,resnet18 --sparsities=0.5,0.8,0.9,0.95 --batch_size=32
+  python benchmarks/structured.py --flops_only=benchmarks/results/structured_cpu.json   # recount FLOPs, no timing
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from absl import app, flags
 
 import prospr_jax
 from prospr_jax import channel_scores, channels, cost, masks as masks_lib, training
-from prospr_jax.models import conv, get_model, init_variables, plans
+from prospr_jax.models import conv, flops, get_model, init_variables, plans
 
 MODELS = {  # CIFAR-100 shapes: 32x32x3 images, 100 classes
     'vgg19': {},
@@ -38,6 +40,9 @@ _SPARSITIES = flags.DEFINE_list('sparsities', ['0.5', '0.8', '0.9', '0.95'], 'Ch
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Train-step batch size.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed rounds: each network once per round, after one warm-up call.')
 _OUT = flags.DEFINE_string('out', 'benchmarks/results/structured_cpu.json', 'JSON results.')
+_FLOPS_ONLY = flags.DEFINE_string('flops_only', None, 'A results JSON whose rows get their FLOPs counted from shapes '
+                                  '(the compact widths it records), rewritten in place; nothing is timed.')
+INPUT_SHAPE = (32, 32, 3)
 
 
 _COMPILED = {}
@@ -63,7 +68,8 @@ def prepare(model, variables, mask, batch):
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return compiled, state, {'peak_mib': compiled.memory_analysis().peak_memory_in_bytes / 2**20,
-                           'flops': float(analysis['flops']), 'compile_seconds': compile_seconds,
+                           'xla_flops': float(analysis['flops']), 'compile_seconds': compile_seconds,
+                           'flops': flops.forward_flops(model, variables, INPUT_SHAPE),
                            'parameters': cost.parameter_count(variables['params'], mask)}
 
 
@@ -105,7 +111,7 @@ def run_model(name: str, sparsities: list[float]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
   lines = [('| model | channel sparsity | channels kept | step s: dense | masked | compact | compact speed-up | '
-            'peak MiB: dense | masked | compact | compact FLOPs / dense | compact params |'),
+            'peak MiB: dense | masked | compact | compact FLOPs / dense (from shapes) | compact params |'),
            '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     d, m, c = r['dense'], r['masked'], r['compact']
@@ -115,8 +121,28 @@ def table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def recount_flops(path: pathlib.Path) -> list[dict]:
+  """The rows of a results JSON with every network's forward FLOPs counted from shapes (``flops``)."""
+  results = json.loads(path.read_text())
+  for row in results['rows']:
+    count = lambda **widths: flops.forward_flops(
+        model := get_model(row['model'], 100, **MODELS[row['model']], **widths),
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *INPUT_SHAPE)), train=False)), INPUT_SHAPE)
+    dense = count()
+    widths = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+              for k, v in row['widths'].items()}
+    for network, value in (('dense', dense), ('masked', dense), ('compact', count(**widths))):
+      row[network].setdefault('xla_flops', row[network].pop('flops', None))
+      row[network]['flops'] = value
+  path.write_text(json.dumps(results, indent=1))
+  return results['rows']
+
+
 def main(argv):
   del argv
+  if _FLOPS_ONLY.value:
+    print(table(recount_flops(pathlib.Path(_FLOPS_ONLY.value))))
+    return
   rows = []
   start = time.perf_counter()
   for name in _MODELS.value:

@@ -44,7 +44,8 @@ from prospr_jax.sparsity import SparsityReport, sparsity_report
 __version__ = '0.1.0'
 
 _FLAX_FACE = {'compact': 'prospr_jax.compaction', 'load_compact': 'prospr_jax.compaction',
-              'channel_plan': 'prospr_jax.models.plans'}
+              'channel_plan': 'prospr_jax.models.plans', 'output_positions': 'prospr_jax.models.flops',
+              'layer_flops': 'prospr_jax.models.flops'}
 
 
 def __getattr__(name: str):

@@ -149,11 +149,11 @@ def channel_counts(mask: ArrayTree) -> dict[str, list[int]]:
 def write_costs(config: ml_collections.ConfigDict, setup: Setup, compact_setup: Setup, ones: ArrayTree,
                 workdir: pathlib.Path) -> dict[str, Any]:
   """Measure the dense and the compact network side by side; write ``compaction.json`` and log the table."""
-  measure = lambda s, m: cost.network_cost(s.model, s.variables, m, input_shape=setup.info.input_shape,
-                                           num_classes=setup.info.num_classes, batch_size=config.batch_size,
-                                           eval_batch_size=config.eval_batch_size)
-  costs = {'dense': measure(setup, masks_lib.all_ones_mask(setup.variables['params'])),
-           'compact': measure(compact_setup, ones)}
+  costs = cost.compare_costs(
+      {'dense': (setup.model, setup.variables, masks_lib.all_ones_mask(setup.variables['params'])),
+       'compact': (compact_setup.model, compact_setup.variables, ones)},
+      input_shape=setup.info.input_shape, num_classes=setup.info.num_classes, batch_size=config.batch_size,
+      eval_batch_size=config.eval_batch_size)
   files.write_json(workdir / COST_FILE, {**costs, 'device': jax.devices()[0].device_kind,
                                          'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size})
   table = cost.comparison_table(costs)

@@ -35,7 +35,7 @@ from prospr_jax import (
   sharding,
 )
 from prospr_jax.criteria import prospr as prospr_lib, registry
-from prospr_jax.models import plans
+from prospr_jax.models import flops, plans
 from prospr_jax.sparsity import SparsityReport
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
                              seed=seeds.prune_data(config.seed), worker_count=config.worker_count)
   batches = iter(loader)
   params = sharding.replicate(variables['params'], mesh)
-  score = _scorer(config, model, params, loss_fn)
+  score = _scorer(config, model, variables, params, info.input_shape)
   if config.prune.streamed:  # validate_config allows it only for first-order ProsPr
     scores = score(prospr_lib.prospr_saliency_streamed, _global_batches(batches, mesh), loss_fn=loss_fn,
                    num_steps=config.prune.num_steps, inner_lr=config.prune.inner_lr,
@@ -115,12 +115,16 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   return score(criterion, stacked, loss_fn=loss_fn, **kwargs)  # 3SP: score_channels costs the channels
 
 
-def _scorer(config: ml_collections.ConfigDict, model, params: ArrayTree, loss_fn):
-  """``score(fn, batches, **kwargs)``: ``fn`` on the params, or on the model's channel plan when structured."""
+def _scorer(config: ml_collections.ConfigDict, model, variables: ArrayTree, params: ArrayTree,
+            input_shape: tuple[int, ...]):
+  """``score(fn, batches, **kwargs)``: ``fn`` on the params, or on the model's channel plan when structured
+  (channel costs counted from shapes, the same under every convolution implementation)."""
   if not config.prune.structured:
     return lambda fn, batches, **kwargs: fn(params, batches, **kwargs)
   plan = plans.channel_plan(model, params)
-  return lambda fn, batches, **kwargs: channel_scores.score_channels(fn, plan, params, batches, **kwargs)
+  positions = flops.output_positions(model, variables, input_shape)
+  return lambda fn, batches, **kwargs: channel_scores.score_channels(fn, plan, params, batches, positions=positions,
+                                                                     **kwargs)
 
 
 def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo, source,

@@ -80,6 +80,7 @@ def _first_order_meta_gradient(params, batches, mask, *, loss_fn, optimizer):
   return _mask_vjp(params, mask, grads)
 
 
+@scores_lib.channel_gate(scores_lib.KERNEL)
 @model_inputs.accepts_models()
 def prospr_meta_gradient(
     params: ArrayTree,
@@ -115,6 +116,7 @@ def prospr_meta_gradient(
                         first_order=first_order, checkpoint_steps=checkpoint_steps)
 
 
+@scores_lib.channel_gate(scores_lib.KERNEL)
 @model_inputs.accepts_models()
 def prospr_saliency(
     params: ArrayTree,
@@ -162,6 +164,7 @@ def _train_step(params, opt_state, batch, *, loss_fn, optimizer):
   return params, opt_state, loss
 
 
+@scores_lib.channel_gate(scores_lib.KERNEL)
 @model_inputs.accepts_models()
 def prospr_saliency_streamed(
     params: ArrayTree,

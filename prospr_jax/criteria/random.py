@@ -9,6 +9,7 @@ from prospr_jax import masks as masks_lib
 from prospr_jax.criteria import model_inputs, scores as scores_lib
 
 
+@scores_lib.channel_gate(scores_lib.KERNEL)
 @model_inputs.accepts_models(needs=None)
 def random_saliency(
     params: ArrayTree,

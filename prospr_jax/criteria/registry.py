@@ -67,6 +67,11 @@ class Criterion:
   structured_only: bool = False
 
   @property
+  def channel_gate(self) -> str:
+    """Where its mask sits when it scores channels (``scores.channel_gate``): ``'output'`` or ``'kernel'``."""
+    return scores_lib.gate_of(self.fn)
+
+  @property
   def default_rounds(self) -> int | None:
     """Rounds of an iterative criterion (its function's default), ``None`` for one-shot criteria."""
     parameter = inspect.signature(self.fn).parameters.get('rounds')

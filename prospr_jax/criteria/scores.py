@@ -75,6 +75,31 @@ def data_mask_variables(params: ArrayTree, batches: ArrayTree, *, loss_fn: LossF
   return mask_variables(params, first_batch, loss_fn=loss_fn, structured=structured, prunable=prunable)
 
 
+KERNEL, OUTPUT = 'kernel', 'output'
+
+
+def channel_gate(where: str) -> Callable[[Callable], Callable]:
+  """Declares where a criterion's mask sits when it scores whole channels (``channel_scores.score_channels``).
+
+  ``'output'`` (the default for undeclared criteria): on the channel's output after its normalisation, where
+  removing the channel acts; a gate before a train-mode BatchNorm is cancelled by it and scores only its epsilon.
+  ``'kernel'``: on the kernels that write the channel (ProsPr's eq. 3 with one entry per channel; magnitude and
+  SynFlow read the kernels).
+  """
+  if where not in (KERNEL, OUTPUT):
+    raise ValueError(f'a channel gate sits at {KERNEL!r} or {OUTPUT!r}, got {where!r}')
+
+  def declare(criterion: Callable) -> Callable:
+    criterion.channel_gate = where
+    return criterion
+  return declare
+
+
+def gate_of(criterion: Callable) -> str:
+  """Where ``criterion`` gates a channel: its declaration (``channel_gate``), else ``'output'``."""
+  return getattr(criterion, 'channel_gate', OUTPUT)
+
+
 def invert_scores(scores: ArrayTree) -> ArrayTree:
   """Negated scores: top-k then keeps what the criterion ranks lowest (the invert ablation)."""
   return jax.tree.map(jnp.negative, scores)

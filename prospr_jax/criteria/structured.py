@@ -76,11 +76,20 @@ def channel_prunable(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree
   return prunable
 
 
-_PRODUCTS = ('conv_general_dilated', 'dot_general')
 _PASS_THROUGH = ('convert_element_type', 'reshape', 'copy', 'copy_p')
 
 
-def _positions(jaxpr: Any, origin: dict[Any, int], batch_size: int, leaves: list[Any], found: dict[int, float]) -> None:
+def _conv_positions(eqn: Any, batch_size: int) -> float | None:
+  """Output positions per example of a convolution over the whole batch, else None (e.g. one batch chunk)."""
+  out = eqn.outvars[0].aval
+  batch_dim, feature_dim = eqn.params['dimension_numbers'].out_spec[:2]
+  if out.shape[batch_dim] != batch_size:
+    return None
+  return out.size / (batch_size * out.shape[feature_dim])
+
+
+def _positions(jaxpr: Any, origin: dict[Any, int], batch_size: int, leaves: list[Any],
+               found: dict[int, float | None]) -> None:
   for eqn in jaxpr.eqns:
     sub = _sub_jaxpr(eqn)
     if sub is not None:
@@ -90,9 +99,14 @@ def _positions(jaxpr: Any, origin: dict[Any, int], batch_size: int, leaves: list
     sources = [origin[v] for v in eqn.invars if isinstance(v, jex.Var) and v in origin]
     if not sources:
       continue
-    if eqn.primitive.name in _PRODUCTS:
+    kernel = sources[-1]
+    if eqn.primitive.name == 'conv_general_dilated':
+      found.setdefault(kernel, _conv_positions(eqn, batch_size))
+    elif eqn.primitive.name == 'dot_general':
+      # a Dense kernel's matmul; a convolution kernel in a matmul is a transform (Winograd) or im2col's columns
       out = eqn.outvars[0].aval
-      found.setdefault(sources[-1], out.size / (batch_size * jax.numpy.shape(leaves[sources[-1]])[-1]))
+      dense = jax.numpy.ndim(leaves[kernel]) == 2
+      found.setdefault(kernel, out.size / (batch_size * jax.numpy.shape(leaves[kernel])[-1]) if dense else None)
     elif eqn.primitive.name in _PASS_THROUGH:
       origin[eqn.outvars[0]] = sources[0]
 
@@ -102,6 +116,9 @@ def kernel_positions(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree
 
   Read off the loss's jaxpr; ``batch``'s leading axis is the batch. A channel of
   kernel ``w`` then costs ``2 * positions * w.size / C_out`` FLOPs per example.
+  Exact where each convolution kernel meets one ``lax`` convolution over the
+  whole batch; a kernel computed otherwise (Winograd's transforms, im2col's
+  matmul, batch chunks) raises: count from shapes instead (``prospr_jax.output_positions``).
   """
   leaves, treedef = jax.tree.flatten(params)
   names = [masks_lib.layer_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
@@ -110,7 +127,12 @@ def kernel_positions(loss_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree
     closed = jax.make_jaxpr(lambda ls, b: loss_fn(jax.tree.unflatten(treedef, ls), b))(
         [abstract(x) for x in leaves], jax.tree.map(abstract, batch))
   batch_size = jax.numpy.shape(jax.tree.leaves(batch)[0])[0]
-  found: dict[int, float] = {}
+  found: dict[int, float | None] = {}
   origin = {v: i for i, v in enumerate(closed.jaxpr.invars[:len(leaves)]) if jax.numpy.ndim(leaves[i]) > 1}
   _positions(closed.jaxpr, origin, batch_size, leaves, found)
+  unreadable = sorted(names[i] for i, positions in found.items() if positions is None)
+  if unreadable:
+    raise ValueError(f'cannot read the output positions of {", ".join(unreadable)} off the loss: they are not '
+                     'computed by one lax convolution over the batch (Winograd, im2col or batch chunks). Count them '
+                     'from shapes: positions=prospr_jax.output_positions(model, variables, input_shape)')
   return {names[i]: positions for i, positions in found.items()}

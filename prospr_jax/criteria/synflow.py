@@ -39,6 +39,7 @@ def synaptic_flow(params: ArrayTree, mask: ArrayTree, ones: jax.Array, *, apply_
   return jax.tree.map(jnp.abs, jax.grad(flow)(mask))
 
 
+@scores_lib.channel_gate(scores_lib.KERNEL)
 @model_inputs.accepts_models(needs='apply_fn')
 def synflow_saliency(
     params: ArrayTree,
