@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
       first_order=False,
       structured=False,         # one mask entry per channel (a residual channel: one per stream, tied)
       compact=True,             # structured: train the compact (narrower) network, not the masked one
+      structured_target='channels',  # structured: sparsity counts channels, or 'weights' (the kept channels' weights)
       streamed=False,           # first-order ProsPr over a stream of batches (long inner loops)
       keep_one_per_layer=False,  # True: never empty a layer; False: refuse such a mask
       rounds=0,                 # iterative criteria (synflow, iterative_snip, force): 0 = their default

@@ -190,6 +190,14 @@ def expand(plan: ChannelPlan, mask: ChannelMask, params: ArrayTree) -> ArrayTree
   return _map_modules(leaf_mask, params)
 
 
+def kernel_mask(plan: ChannelPlan, mask: ChannelMask, params: ArrayTree) -> ArrayTree:
+  """``expand`` on the kernels only (``None`` elsewhere): every kernel entry the kept channels own, readers' rows
+  included, which is what the compact network keeps of the weights."""
+  full = expand(plan, mask, params)
+  return jax.tree.map(lambda m, p: m if m is not None and jnp.ndim(p) > 1 else None, full, params,
+                      is_leaf=masks_lib.is_none)
+
+
 def compact_tree(plan: ChannelPlan, mask: ChannelMask, variables: ArrayTree) -> ArrayTree:
   """Every leaf of ``variables`` (params and BatchNorm statistics alike) with the removed channels dropped."""
   keep_out, keep_in = axis_keeps(plan, check_mask(plan, mask), _params_of(variables))

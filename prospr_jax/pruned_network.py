@@ -77,9 +77,7 @@ def mask_reports(model, params: ArrayTree, mask: ArrayTree, structured: bool) ->
   if not structured:
     report = sparsity_report(mask, params)
     return report, report
-  full = channels.expand(plans.channel_plan(model, params), mask, params)
-  kernels = jax.tree.map(lambda m, p: m if m is not None and p.ndim > 1 else None, full, params,
-                         is_leaf=masks_lib.is_none)
+  kernels = channels.kernel_mask(plans.channel_plan(model, params), mask, params)
   return sparsity_report(mask), sparsity_report(kernels, params)
 
 

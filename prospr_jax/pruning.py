@@ -33,6 +33,7 @@ from prospr_jax import (
   pruned_network,
   seeds,
   sharding,
+  structured_target,
 )
 from prospr_jax.criteria import prospr as prospr_lib, registry
 from prospr_jax.models import flops, plans
@@ -45,6 +46,15 @@ def mask_fn(config: ml_collections.ConfigDict):
   """``(scores, sparsity) -> masks`` under ``config.distribution``."""
   return functools.partial(distributions.make_mask, distribution=config.distribution,
                            keep_one_per_layer=config.prune.keep_one_per_layer)
+
+
+def threshold(config: ml_collections.ConfigDict, model, params: ArrayTree, scores: ArrayTree) -> ArrayTree:
+  """The mask of ``scores`` at ``config.prune.sparsity``: of the entries, or with ``structured_target='weights'``
+  the fewest channels whose weights meet it (``structured_target.py``)."""
+  if config.prune.structured and config.prune.structured_target == 'weights':
+    return structured_target.mask_for_weight_sparsity(plans.channel_plan(model, params), params, scores,
+                                                      config.prune.sparsity, mask_fn(config))
+  return mask_fn(config)(scores, config.prune.sparsity)
 
 
 def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: ArrayTree = None) -> dict[str, Any]:
@@ -140,7 +150,7 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   # Scores of the global batch are replicated: every process thresholds the same values on its own.
   scores = sharding.host_value(compute_scores(config, model, variables, info, source, mesh))
   faults.point('scoring')
-  masks = mask_fn(config)(scores, config.prune.sparsity)
+  masks = threshold(config, model, variables['params'], scores)
   if config.ablation == 'shuffle':
     masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(config.seed))
   sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
@@ -172,6 +182,8 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
   masks_lib.save_masks(workdir / 'scores.npz', scores)
   choice = {'criterion': config.criterion, 'distribution': config.distribution, 'ablation': config.ablation,
             'sparsity': config.prune.sparsity, 'structured': config.prune.structured}
+  if config.prune.structured:
+    choice['structured_target'] = config.prune.structured_target
   extra = {}
   if weights is not None and weights is not report:
     extra['weights'] = {k: v for k, v in weights.to_dict().items() if k != 'layers'}

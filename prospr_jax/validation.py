@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 import ml_collections
 
-from prospr_jax import ablations, data, distributions, masks as masks_lib, sharding
+from prospr_jax import ablations, data, distributions, masks as masks_lib, sharding, structured_target
 from prospr_jax.criteria import registry
 from prospr_jax.models import MODELS, conv as conv_lib
 
@@ -37,6 +37,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.prune.structured or not registry.get_criterion(config.criterion).structured_only,
        (f'config.criterion={config.criterion!r} prunes channels, not single weights: set '
         f'config.prune.structured=True, or choose one of {", ".join(registry.UNSTRUCTURED)}')),
+      (config.prune.structured_target in structured_target.TARGETS,
+       f'config.prune.structured_target={config.prune.structured_target!r}: valid values are '
+       f'{", ".join(structured_target.TARGETS)}'),
+      (config.prune.structured or config.prune.structured_target == 'channels',
+       "config.prune.structured_target='weights' counts the weights of kept channels: set "
+       'config.prune.structured=True (unstructured sparsity already counts weights)'),
   ]
   for ok, message in checks:
     if not ok:

@@ -48,7 +48,9 @@ def flatten(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 
 # Fields that change nothing unless another is true (compaction needs structured pruning): where the other is
 # false on both sides, they may differ, or be absent from a config recorded before they existed.
-MATTERS_ONLY_WITH = {'prune.compact': 'prune.structured'}
+MATTERS_ONLY_WITH = {'prune.compact': 'prune.structured', 'prune.structured_target': 'prune.structured'}
+# Fields added after configs were recorded: absent from a recorded config means this value.
+ADDED_FIELDS = {'prune.structured_target': 'channels'}
 
 
 def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -56,7 +58,7 @@ def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[
 
   An unset field (None) equals an absent one: a config recorded before the field existed ran without it.
   """
-  old, new = flatten(recorded), flatten(current)
+  old, new = ({**ADDED_FIELDS, **flatten(recorded)}, {**ADDED_FIELDS, **flatten(current)})
   differing = (key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
   return sorted(key for key in differing
                 if not (key in MATTERS_ONLY_WITH and not old.get(MATTERS_ONLY_WITH[key])
@@ -97,7 +99,7 @@ def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, wr
 def _describe(key: str, recorded: dict[str, Any], current: dict[str, Any]) -> str:
   if key.startswith('num_epochs'):
     return key
-  old, new = flatten(recorded), flatten(current)
+  old, new = ({**ADDED_FIELDS, **flatten(recorded)}, {**ADDED_FIELDS, **flatten(current)})
   return f'{key}: {old.get(key, "<absent>")!r} there, {new.get(key, "<absent>")!r} now'
 
 
