@@ -18,7 +18,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from prospr_jax import entry, flag_parsing, host_memory, sweep
+from prospr_jax import entry, flag_parsing, sweep
 
 _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of every cell (relative to the current '
                                           'folder, else to this script\'s); --config.<field>=<value> overrides it.')
@@ -99,9 +99,7 @@ def _run(config_filename: str, workdir: pathlib.Path) -> None:
 
 def main(argv):
   del argv
-  entry.initialize_distributed()
-  entry.configure_logging()
-  host_memory.release_heap_after_compiles()  # as prune.py and train.py
+  entry.start(_CONFIG.value)  # as prune.py and train.py
   config_filename = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config_filename)
   try:

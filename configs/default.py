@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
       keep_one_per_layer=False,  # True: never empty a layer; False: refuse such a mask
       rounds=0,                 # iterative criteria (synflow, iterative_snip, force): 0 = their default
       grasp_temperature=200.0,  # GraSP divides logits by this (the authors' value)
+      precision='float32',      # scoring arithmetic: float32, float64 (CPU: a reproducible mask) or highest (GPU/TPU)
+      conv_impl='',             # the convolution the scoring runs with ('': config.conv_impl)
+      check_stability=False,    # score again (float64 on CPU, highest elsewhere): kept-weight overlap in pruning.json
   ))
 
   config.num_epochs = 15        # 0: stop after pruning
@@ -57,5 +60,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.worker_count = 0       # grain worker processes per host
   config.checkpoint_every_steps = 0  # also checkpoint mid-epoch (0: only at the end of each epoch)
   config.compare_dense = True   # also train the dense network and print both
+  config.deterministic = False  # deterministic GPU kernels (XLA's --xla_gpu_deterministic_ops): slower, reproducible
   config.mask_path = ''         # train.py: train with this mask.npz instead of dense
   return config

@@ -21,7 +21,7 @@ import ml_collections
 from absl import flags, logging
 from jax.experimental import multihost_utils
 
-from prospr_jax import experiment, host_memory, validation, workdir as workdir_lib
+from prospr_jax import determinism, experiment, host_memory, validation, workdir as workdir_lib
 from prospr_jax.data import DatasetUnavailableError
 from prospr_jax.flag_parsing import report
 
@@ -38,6 +38,8 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index, 0 to num_processes - 1.')
 _HEARTBEAT = flags.DEFINE_integer('heartbeat_timeout_seconds', 100,
                                   'A process silent this long is declared dead and the others stop.')
+_DETERMINISTIC = flags.DEFINE_bool('deterministic', False, 'Deterministic GPU kernels (XLA\'s '
+                                   '--xla_gpu_deterministic_ops; slower): sets config.deterministic.')
 _START_OVER = flags.DEFINE_bool('start_over', False, 'Delete the contents of the workdir first (its mask, '
                                 'checkpoints and results): for a workdir made by a different config.')
 
@@ -141,11 +143,21 @@ def _remove_if_bare(folder: pathlib.Path | None) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename: str, job: str) -> None:
-  """Run ``JOBS[job]`` in the workdir; what stops it ends the process with one line and a meaningful exit code."""
+def start(config: ml_collections.ConfigDict) -> None:
+  """What every entry point does first: deterministic GPU kernels if asked (before JAX starts its backend), join
+  the other processes, logging, and the compiler's freed heap handed back (not held beside the run's buffers)."""
+  if flags.FLAGS.is_parsed() and _DETERMINISTIC.value:
+    config.deterministic = True
+  if config.get('deterministic'):
+    determinism.request_deterministic_ops()
   initialize_distributed()
   configure_logging()
-  host_memory.release_heap_after_compiles()  # the compiler's freed heap is not held beside the run's buffers
+  host_memory.release_heap_after_compiles()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename: str, job: str) -> None:
+  """Run ``JOBS[job]`` in the workdir; what stops it ends the process with one line and a meaningful exit code."""
+  start(config)
   workdir_path = pathlib.Path(workdir) if workdir else default_workdir(config_filename, job)
   made = next((folder for folder in reversed(workdir_path.absolute().parents) if not folder.exists()),
               None if workdir_path.exists() else workdir_path.absolute())

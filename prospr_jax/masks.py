@@ -9,6 +9,7 @@ when the mask has shape ``(C_out,)``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -155,6 +156,13 @@ def check_finite_scores(scores: ArrayTree, hint: str = '') -> None:
                  '(config.prune.inner_lr), and check the inputs hold no NaN.'))
 
 
+def _ranked_as_computed(leaves: list[Any]) -> contextlib.AbstractContextManager:
+  """x64 while ranking float64 scores (``precision='float64'``): in float32 distinct scores could tie."""
+  wide = any(np.dtype(getattr(s, 'dtype', None) or np.asarray(s).dtype) == np.float64 for s in leaves)
+  wide = wide and not jax.config.jax_enable_x64
+  return jax.enable_x64(True) if wide else contextlib.nullcontext()
+
+
 def _descending_rank(flat: jax.Array) -> jax.Array:
   """Each entry's position from the highest score down; equal scores keep index order."""
   order = jnp.argsort(-flat, stable=True)
@@ -204,12 +212,12 @@ def global_topk_mask(scores: ArrayTree, sparsity: float, *, keep_one_per_layer: 
     raise ValueError('scores hold no array: every leaf is None, so there is nothing to threshold')
   check_finite_scores(scores)
   names, leaves = zip(*items)
-  leaves = [jnp.asarray(s) for s in leaves]
-  k = num_to_keep(sum(s.size for s in leaves), sparsity)
+  k = num_to_keep(sum(np.size(s) for s in leaves), sparsity)
   if keep_one_per_layer and k < len(leaves):
     raise ValueError(f'cannot keep one entry in each of {len(leaves)} layers with only {k} to keep '
                      f'(sparsity {sparsity}): lower the sparsity')
-  kept = _global_keep(leaves, jnp.int32(k), keep_one_per_layer)
+  with _ranked_as_computed(leaves):
+    kept = _global_keep([jnp.asarray(s) for s in leaves], jnp.int32(k), keep_one_per_layer)
   emptied = [name for name, any_kept in zip(names, np.asarray(jnp.stack([jnp.any(m) for m in kept])))
              if not any_kept]
   if emptied:
@@ -242,9 +250,10 @@ def layerwise_topk_mask(scores: ArrayTree, sparsity: float | ArrayTree | None = 
     check_same_structure(sparsity, jax.tree.map(lambda s: 0, scores, is_leaf=is_none), 'sparsity')
     keep_counts = jax.tree.map(lambda s, sp: None if s is None else num_to_keep(s.size, sp), scores, sparsity,
                                is_leaf=is_none)
-  leaves = [jnp.asarray(s) for _, s in named_leaves(scores)]
+  leaves = [s for _, s in named_leaves(scores)]
   counts = [jnp.int32(c) for _, c in named_leaves(keep_counts)]
-  return _mask_tree(scores, _layerwise_keep(leaves, counts))
+  with _ranked_as_computed(leaves):
+    return _mask_tree(scores, _layerwise_keep([jnp.asarray(s) for s in leaves], counts))
 
 
 def masks_from_mapping(mapping: Mapping[str, Any], params: ArrayTree) -> ArrayTree:

@@ -24,6 +24,7 @@ from prospr_jax import (
   ablations,
   channel_scores,
   data,
+  determinism,
   distributions,
   faults,
   files,
@@ -33,10 +34,11 @@ from prospr_jax import (
   pruned_network,
   seeds,
   sharding,
+  stability,
   structured_target,
 )
 from prospr_jax.criteria import prospr as prospr_lib, registry
-from prospr_jax.models import flops, plans
+from prospr_jax.models import conv as conv_lib, flops, plans
 from prospr_jax.sparsity import SparsityReport
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def threshold(config: ml_collections.ConfigDict, model, params: ArrayTree, score
 def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: ArrayTree = None) -> dict[str, Any]:
   """The keyword arguments of ``config.criterion``, read off its registry entry (and the model, for SynFlow)."""
   criterion = registry.get_criterion(config.criterion)
-  kwargs: dict[str, Any] = {'invert': config.ablation == 'invert'}
+  kwargs: dict[str, Any] = {'invert': config.ablation == 'invert', 'precision': config.prune.precision}
   if not config.prune.structured:  # structured scoring passes its own (channel_scores.score_channels)
     kwargs['structured'] = False
   kwargs.update({key: config.prune[key] for key in criterion.settings})
@@ -72,6 +74,14 @@ def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: A
   if criterion.needs_apply_fn and model is not None:
     kwargs['apply_fn'] = losses.flax_apply_fn(model, variables, absolute_state=True)
   return kwargs
+
+
+def scoring_model(config: ml_collections.ConfigDict, model):
+  """``model`` with the scoring's convolution (``config.prune.conv_impl``; unset: the training one)."""
+  if not config.prune.conv_impl:
+    return model
+  return model.clone(conv_general_dilated=conv_lib.resolve_conv_impl(config.prune.conv_impl,
+                                                                     column_mib=config.get('conv_column_mib')))
 
 
 def loss_fn_for(config: ml_collections.ConfigDict, model, variables: ArrayTree):
@@ -98,13 +108,14 @@ def _stacked_global_batches(loader_iterator: Iterator[dict], count: int, mesh: M
 
 
 def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo,
-                   source, mesh: Mesh) -> ArrayTree:
+                   source, mesh: Mesh, input_scale: float = 1.0) -> ArrayTree:
   """Scores of ``config.criterion`` on M + 1 training batches (a stream for streamed first-order ProsPr).
 
   Structured: channel scores ``{group name: (channels,)}`` over the model's channel plan, tied channels scored
   as one (``channel_scores.score_channels``).
   """
   criterion = registry.get_criterion(config.criterion)
+  model = scoring_model(config, model)
   loss_fn = loss_fn_for(config, model, variables)
   loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size,
                              seed=seeds.prune_data(config.seed), worker_count=config.worker_count)
@@ -114,11 +125,14 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   if config.prune.streamed:  # validate_config allows it only for first-order ProsPr
     scores = score(prospr_lib.prospr_saliency_streamed, _global_batches(batches, mesh), loss_fn=loss_fn,
                    num_steps=config.prune.num_steps, inner_lr=config.prune.inner_lr,
-                   inner_momentum=config.prune.inner_momentum, log_every=max(1, config.prune.num_steps // 10))
+                   inner_momentum=config.prune.inner_momentum, log_every=max(1, config.prune.num_steps // 10),
+                   precision=config.prune.precision)
     return ablations.invert_scores(scores) if config.ablation == 'invert' else scores
   # Data-free criteria read one batch, for the input shape and the output layer.
   count = config.prune.num_steps + 1 if criterion.needs_data else 1
   stacked = _stacked_global_batches(batches, count, mesh)
+  if input_scale != 1.0:  # the stability check's nudged inputs
+    stacked = {**stacked, 'image': stacked['image'] * input_scale}
   kwargs = criterion_kwargs(config, model, variables)
   if criterion.batches_per_round:  # round r >= 1 reads the next ``count`` batches of the same stream
     kwargs['round_batches'] = lambda r: _stacked_global_batches(batches, count, mesh)
@@ -157,9 +171,30 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   seconds = time.perf_counter() - start
   report, weights = pruned_network.mask_reports(model, variables['params'], masks, config.prune.structured)
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
+  checked = check_stability(config, model, variables, info, source, mesh, masks) if config.prune.check_stability \
+      else None
   if jax.process_index() == 0:
-    write_mask_artifacts(workdir, masks, report, config, seconds, scores, weights)
+    write_mask_artifacts(workdir, masks, report, config, seconds, scores, weights, checked)
   return masks
+
+
+def check_stability(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo, source,
+                    mesh: Mesh, masks: ArrayTree) -> dict[str, Any]:
+  """The mask scored a second time, more exactly (``stability.second_scoring``), and the kept entries both share."""
+  second = stability.second_scoring(config.prune.precision, jax.default_backend())
+  other = config.copy_and_resolve_references()
+  other.prune.precision = second.precision
+  scores = sharding.host_value(compute_scores(other, model, variables, info, source, mesh, second.input_scale))
+  overlap = {'against': second.label, **stability.kept_overlap(masks, threshold(other, model, variables['params'],
+                                                                                 scores))}
+  if overlap['total'] < stability.WARN_BELOW:
+    log.warning('The mask is not determined by the arithmetic: scored again (%s), it keeps only %.1f%% of the same '
+                'entries. Score with config.prune.precision=float64 (CPU) for a reproducible mask (docs/numerics.md)',
+                second.label, 100 * overlap['total'])
+  else:
+    log.info('Stability: scored again (%s), %.2f%% of the kept entries are the same', second.label,
+             100 * overlap['total'])
+  return overlap
 
 
 def mask_checksum(masks: ArrayTree) -> np.ndarray:
@@ -174,7 +209,7 @@ def mask_checksum(masks: ArrayTree) -> np.ndarray:
 
 def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: SparsityReport,
                          config: ml_collections.ConfigDict, seconds: float, scores: ArrayTree,
-                         weights: SparsityReport | None = None) -> None:
+                         weights: SparsityReport | None = None, checked: dict[str, Any] | None = None) -> None:
   """The pruning step's files; ``mask.npz`` last, so a workdir holding it holds all of them.
 
   Structured: the report counts channels, and its ``weights`` the kernel entries those channels own.
@@ -194,6 +229,8 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
                            title=f'{config.model} / {config.dataset}: {config.criterion} at sparsity '
                                  f'{config.prune.sparsity:.1%}')
   files.write_json(workdir / 'pruning.json',
-                   {**choice, 'prune': config.prune.to_dict(), 'seconds': seconds, 'density': report.density})
+                   {**choice, 'prune': config.prune.to_dict(), 'seconds': seconds, 'density': report.density,
+                    'backend': jax.default_backend(), 'deterministic_ops': determinism.is_requested(),
+                    **({'stability': checked} if checked is not None else {})})
   faults.point('pruning_files')
   masks_lib.save_masks(workdir / 'mask.npz', masks)

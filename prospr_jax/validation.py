@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 import ml_collections
 
-from prospr_jax import ablations, data, distributions, masks as masks_lib, sharding, structured_target
+from prospr_jax import ablations, data, distributions, masks as masks_lib, precision, sharding, structured_target
 from prospr_jax.criteria import registry
 from prospr_jax.models import MODELS, conv as conv_lib
 
@@ -43,10 +43,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.prune.structured or config.prune.structured_target == 'channels',
        "config.prune.structured_target='weights' counts the weights of kept channels: set "
        'config.prune.structured=True (unstructured sparsity already counts weights)'),
+      (config.prune.conv_impl in ('', *conv_lib.CONV_IMPLS),
+       f'config.prune.conv_impl={config.prune.conv_impl!r}: valid names are "" (config.conv_impl), '
+       f'{", ".join(conv_lib.CONV_IMPLS)}'),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  try:
+    precision.check_precision(config.prune.precision)
+  except ValueError as error:
+    raise ConfigError(f'config.prune.{error}') from None
   try:
     masks_lib.check_sparsity(config.prune.sparsity)
   except ValueError as error:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = 'config.json'
 LOCK_FILE = '.lock'
 # Fields that change how a run executes, not what it computes: they may differ on a rerun.
-HOW_TO_RUN = frozenset({'worker_count', 'checkpoint_every_steps', 'data_dir', 'eval_batch_size', 'compare_dense'})
+HOW_TO_RUN = frozenset({'worker_count', 'checkpoint_every_steps', 'data_dir', 'eval_batch_size', 'compare_dense',
+                        'prune.check_stability', 'deterministic'})
 
 
 class WorkdirError(ValueError):
@@ -50,7 +51,8 @@ def flatten(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 # false on both sides, they may differ, or be absent from a config recorded before they existed.
 MATTERS_ONLY_WITH = {'prune.compact': 'prune.structured', 'prune.structured_target': 'prune.structured'}
 # Fields added after configs were recorded: absent from a recorded config means this value.
-ADDED_FIELDS = {'prune.structured_target': 'channels'}
+ADDED_FIELDS = {'prune.structured_target': 'channels', 'prune.precision': 'float32', 'prune.conv_impl': '',
+                'prune.check_stability': False, 'deterministic': False}
 
 
 def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

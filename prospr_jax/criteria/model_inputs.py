@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from chex import ArrayTree
 
-from prospr_jax import losses
+from prospr_jax import losses, precision as precision_lib
 
 LossFn = Callable[[ArrayTree, Any], jax.Array]
 ApplyFn = Callable[[ArrayTree, jax.Array], jax.Array]
@@ -150,6 +150,16 @@ def _optional_signature(fn: Callable[..., Any], names: tuple[str, ...]) -> inspe
       _optional(p) if p.name in names and p.default is p.empty else p for p in signature.parameters.values()])
 
 
+def _with_precision(signature: inspect.Signature) -> inspect.Signature:
+  """The signature with ``precision='float32'`` (``prospr_jax.precision``: float32, float64 or highest)."""
+  if 'precision' in signature.parameters:
+    return signature
+  extra = inspect.Parameter('precision', inspect.Parameter.KEYWORD_ONLY, default='float32', annotation='str')
+  parameters = list(signature.parameters.values())
+  at = next((i for i, p in enumerate(parameters) if p.kind == p.VAR_KEYWORD), len(parameters))
+  return signature.replace(parameters=parameters[:at] + [extra] + parameters[at:])
+
+
 def accepts_models(needs: str | None = 'loss_fn') -> Callable[[Callable[..., ArrayTree]], Callable[..., ArrayTree]]:
   """Let a criterion take a TrainState or an NNX module in place of ``params`` + ``loss_fn`` (or ``apply_fn``).
 
@@ -175,9 +185,11 @@ def accepts_models(needs: str | None = 'loss_fn') -> Callable[[Callable[..., Arr
         raise ValueError(
             f'{fn.__name__} got a params tree but no {needs}, so it has no model to run. Pass '
             f'{_EXAMPLES[needs]}; or pass a flax TrainState or an NNX module in place of params.')
-      return fn(*args, **kwargs)
+      precision = kwargs.pop('precision', 'float32')
+      with precision_lib.scoring(precision):
+        return fn(*(precision_lib.cast(a, precision) for a in args), **kwargs)
 
-    wrapped.__signature__ = _optional_signature(fn, fills)
+    wrapped.__signature__ = _with_precision(_optional_signature(fn, fills))
     wrapped.__doc__ = (fn.__doc__ or '').rstrip() + ''.join(_model_note(name) for name in fills)
     return wrapped
 

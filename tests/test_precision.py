@@ -1,0 +1,116 @@
+"""Scoring precision: float64 equals the float64 computation, bfloat16 scores as its float32 upcast, the settings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from nets import ORACLE_LAYERS, load_oracle, oracle_batches, oracle_loss, oracle_params
+from test_oracle import RTOL, assert_close_relative
+
+import prospr_jax
+from prospr_jax import determinism, experiment, precision, stability, validation
+
+to = lambda dtype, tree: jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def test_float64_scoring_without_global_x64_matches_the_authors_code_in_float64():
+  ref = load_oracle('prospr_full_m3_mom0')
+  params, batches = oracle_params(ref), oracle_batches(ref)  # float64 values
+  with jax.enable_x64(False):  # as in a run: x64 only inside the scoring
+    grads = prospr_jax.prospr_meta_gradient(params, batches, loss_fn=oracle_loss, inner_lr=float(ref['lr']),
+                                            precision='float64')
+  for layer in ORACLE_LAYERS:
+    assert grads[layer]['kernel'].dtype == jnp.float64
+    assert_close_relative(grads[layer]['kernel'], ref[f'metagrad_{layer}_kernel'])
+  assert RTOL == 1e-9
+
+
+def test_float64_scoring_is_the_float64_computation_bit_for_bit():
+  ref = load_oracle('snip_m0')
+  params, batches = oracle_params(ref), oracle_batches(ref)
+  exact = prospr_jax.snip_saliency(params, batches, loss_fn=oracle_loss)  # the suite runs with x64 on
+  with jax.enable_x64(False):
+    scoped = prospr_jax.snip_saliency(params, batches, loss_fn=oracle_loss, precision='float64')
+  jax.tree.map(np.testing.assert_array_equal, scoped, exact)
+
+
+def test_bfloat16_parameters_score_and_mask_as_their_float32_upcast():
+  ref = load_oracle('prospr_full_m3_mom0')
+  params = to(jnp.bfloat16, oracle_params(ref))
+  batches = to(jnp.float32, oracle_batches(ref))
+  low = prospr_jax.prospr_saliency(params, batches, loss_fn=oracle_loss, inner_lr=float(ref['lr']))
+  upcast = prospr_jax.prospr_saliency(to(jnp.float32, params), batches, loss_fn=oracle_loss,
+                                      inner_lr=float(ref['lr']))
+  for layer in ORACLE_LAYERS:
+    if low[layer]['kernel'] is not None:
+      assert low[layer]['kernel'].dtype == jnp.float32
+  jax.tree.map(np.testing.assert_array_equal, low, upcast)
+  jax.tree.map(np.testing.assert_array_equal, prospr_jax.global_topk_mask(low, 0.9),
+               prospr_jax.global_topk_mask(upcast, 0.9))
+
+
+def test_float64_scores_are_ranked_in_float64_even_outside_x64():
+  scores = {'a': np.array([1.0, 1.0 + 1e-12, 1.0 - 1e-12])}  # equal in float32
+  with jax.enable_x64(False):
+    mask = prospr_jax.global_topk_mask(scores, 2 / 3)
+  assert mask['a'].tolist() == [False, True, False]
+
+
+def test_highest_precision_scores_run_and_the_cpu_computes_float32_at_full_precision_anyway():
+  ref = load_oracle('snip_m0')
+  params, batches = to(jnp.float32, oracle_params(ref)), to(jnp.float32, oracle_batches(ref))
+  jax.tree.map(np.testing.assert_array_equal,
+               prospr_jax.snip_saliency(params, batches, loss_fn=oracle_loss, precision='highest'),
+               prospr_jax.snip_saliency(params, batches, loss_fn=oracle_loss))
+
+
+def test_unknown_precisions_and_float64_on_a_tpu_are_refused_naming_the_alternative():
+  with pytest.raises(ValueError, match="valid values are float32, float64, highest"):
+    precision.check_precision('double')
+  with pytest.raises(ValueError, match="TPUs.*precision='highest'"):
+    precision.check_precision('float64', backend='tpu')
+  from configs import default
+  config = default.get_config()
+  config.prune.precision = 'half'
+  with pytest.raises(validation.ConfigError, match='config.prune.precision'):
+    validation.validate_config(config)
+
+
+def test_the_stability_check_scores_again_more_exactly_or_on_nudged_inputs():
+  assert stability.second_scoring('float32', 'cpu').precision == 'float64'
+  assert stability.second_scoring('float32', 'tpu').precision == 'highest'
+  nudged = stability.second_scoring('float64', 'cpu')
+  assert (nudged.precision, nudged.input_scale) == ('float64', 1 + 1e-6)
+  masks = {'a': np.array([True, True, False, False]), 'b': np.array([True, False])}
+  other = {'a': np.array([True, False, True, False]), 'b': np.array([True, False])}
+  assert stability.kept_overlap(masks, other) == {'total': 2 / 3, 'layers': {'a': 0.5, 'b': 1.0}}
+
+
+def test_a_run_records_its_precision_and_the_stability_of_its_mask(tmp_path):
+  from configs import default
+  config = default.get_config()
+  config.num_epochs = 0
+  config.prune.update(precision='float64', check_stability=True, batch_size=16)
+  experiment.prune_and_train(config, tmp_path)
+  record = json.loads((tmp_path / 'pruning.json').read_text())
+  assert record['prune']['precision'] == 'float64' and record['deterministic_ops'] is False
+  assert record['stability']['against'] == 'float64, inputs x (1 + 1e-06)'
+  assert 0.9 <= record['stability']['total'] <= 1.0 and set(record['stability']['layers']) == {
+      'Conv_0/kernel', 'Conv_1/kernel', 'Dense_0/kernel'}
+
+
+def test_deterministic_ops_are_requested_before_jax_starts_and_refused_after():
+  code = ('from prospr_jax import determinism; determinism.request_deterministic_ops(); import jax; jax.devices(); '
+          'import os; print(os.environ["XLA_FLAGS"])')
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=120)
+  assert done.returncode == 0 and done.stdout.strip() == determinism.FLAG, done.stderr[-2000:]
+  jax.devices()
+  if not determinism.is_requested():
+    with pytest.raises(RuntimeError, match='before JAX starts.*--deterministic'):
+      determinism.request_deterministic_ops()
