@@ -51,6 +51,7 @@ def plot_layer_density(report: SparsityReport, path: str | os.PathLike[str], tit
 def learning_curves_figure(rows: Sequence[dict[str, Any]], title: str = ''):
   """Train loss and eval top-1 per epoch from metric rows (one dict per epoch); every epoch marked, so one shows."""
   plt = pyplot()
+  from matplotlib import ticker
   epochs = [row['epoch'] for row in rows]
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
   left.plot(epochs, [row['train_loss'] for row in rows], marker='o', markersize=4, label='train')
@@ -60,7 +61,7 @@ def learning_curves_figure(rows: Sequence[dict[str, Any]], title: str = ''):
   right.plot(epochs, [100 * row['eval_top1'] for row in rows], marker='o', markersize=4, label='eval top-1')
   right.set_xlabel('epoch'), right.set_ylabel('accuracy (%)'), right.legend()
   for ax in (left, right):
-    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, not fractions of one
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))  # epochs, not fractions of one
   fig.suptitle(title)
   fig.tight_layout()
   return fig
