@@ -29,6 +29,7 @@ def get_config(variant: str = ''):
     config.prune.first_order = True
     config.prune.streamed = True
     config.num_epochs = 1
+    config.lr_milestones = ()  # the recipe's drops scaled to one epoch fall inside it: none
     config.batch_size = 8
     config.eval_batch_size = 8
     config.worker_count = 0

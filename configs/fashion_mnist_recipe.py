@@ -9,7 +9,8 @@ M = 3 inner steps on batches of 256.
 The variant sets the length: ``get_config('10')`` trains 10 epochs with the lr
 steps at epochs 5 and 7 (``--config=configs/fashion_mnist_lenet5.py:10``);
 ``'runlocal'`` is a one-epoch smoke test. ``--config.num_epochs`` alone keeps
-the default milestones, so set ``--config.lr_milestones`` with it.
+the default milestones (10, 15), refused below 16 epochs: use the variant, or set
+``--config.lr_milestones`` with it.
 """
 
 from configs import default

@@ -27,6 +27,7 @@ def get_config(variant: str = ''):
     config.prune.num_steps = 2
     config.prune.batch_size = 4
     config.num_epochs = 1
+    config.lr_milestones = ()  # the recipe's drops scaled to one epoch fall inside it: none
     config.batch_size = 4
     config.eval_batch_size = 4
     config.worker_count = 0

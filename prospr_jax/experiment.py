@@ -109,12 +109,13 @@ def prune_and_train(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
     pruned_setup, pruned_mask = pruned_network.build(config, setup, mask, workdir)  # compact: saved, measured
     if config.num_epochs == 0:
       return results
+    network = 'compact' if config.prune.structured and config.prune.compact else 'pruned'
     results['pruned'] = trainer.train(config, pruned_setup, pruned_mask, workdir / 'pruned',
-                                      title=f'{config.criterion} pruned')
+                                      title=trainer.network_title(config, network))
     pruned_network.export_trained(config, pruned_setup, pruned_mask, workdir / 'pruned', workdir)
     if config.compare_dense:
       results['dense'] = trainer.train(config, setup, masks_lib.all_ones_mask(setup.variables['params']),
-                                       workdir / 'dense', title='dense')
+                                       workdir / 'dense', title=trainer.network_title(config, 'dense'))
     if jax.process_index() == 0:
       files.write_json(workdir / 'results.json', results)
       print(format_results(config, results), flush=True)
@@ -157,7 +158,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     log.info('Training with %.2f%% of the prunable weights (%s):\n%s', 100 * weights.density,
              config.mask_path or 'dense', entries)
     train_setup, train_mask = pruned_network.build(config, setup, mask, workdir) if config.mask_path else (setup, mask)
-    result = trainer.train(config, train_setup, train_mask, workdir, title='masked' if config.mask_path else 'dense')
+    compact = config.prune.structured and config.prune.compact
+    title = (f'{"compact" if compact else "masked"} network ({1 - weights.density:.1%} weight sparsity, '
+             f'{config.mask_path})' if config.mask_path else trainer.network_title(config, 'dense'))
+    result = trainer.train(config, train_setup, train_mask, workdir, title=title)
     if config.mask_path:
       pruned_network.export_trained(config, train_setup, train_mask, workdir, workdir)
     if jax.process_index() == 0:

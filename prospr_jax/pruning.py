@@ -225,7 +225,8 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
   report.save_json(workdir / 'sparsity_report.json', **choice, **extra)
   header = ', '.join(f'{key} {value}' for key, value in choice.items())
   files.write_text(workdir / 'sparsity_report.txt', f'{header}\n{report}\n')
-  plots.plot_layer_density(report, workdir / 'layer_density.png',
+  unit = 'channels' if config.prune.structured else 'weights'  # what the report counts: the mask's entries
+  plots.plot_layer_density(report, workdir / 'layer_density.png', unit=unit,
                            title=f'{config.model} / {config.dataset}: {config.criterion} at sparsity '
                                  f'{config.prune.sparsity:.1%}')
   files.write_json(workdir / 'pruning.json',

@@ -76,6 +76,15 @@ def compiled_steps(model: nn.Module, learning_rate: float, momentum: float, weig
           jax.jit(functools.partial(training.eval_step, model=model)))
 
 
+def network_title(config: ml_collections.ConfigDict, network: str) -> str:
+  """What a run trains, for its log lines and plot titles: ``pruned network (snip at 90.0% weight sparsity)``,
+  ``compact network (snip at 50.0% channel sparsity)``, ``dense network``."""
+  if network == 'dense':
+    return 'dense network'
+  target = config.prune.get('structured_target', 'channels') if config.prune.structured else 'weights'
+  return f'{network} network ({config.criterion} at {config.prune.sparsity:.1%} {target.rstrip("s")} sparsity)'
+
+
 def recipe_steps(config: ml_collections.ConfigDict, setup: Setup):
   """``(steps_per_epoch, (schedule, optimizer, train_step, eval_step))`` of the config's recipe on ``setup``."""
   steps_per_epoch = data.steps_per_epoch(len(setup.train_source), config.batch_size)
@@ -95,6 +104,8 @@ def initial_state(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTr
 def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, workdir: pathlib.Path,
           title: str = '', variables: ArrayTree | None = None, start_step: int = 0) -> dict[str, float]:
   """Train ``variables * mask`` (default: ``setup.variables``) to ``config.num_epochs``, resuming from ``workdir``.
+
+  ``title`` names the network in every epoch's log line and the learning curves (``network_title``).
 
   ``start_step`` (when ``workdir`` holds no checkpoint yet): begin there, as if resuming, with a fresh optimizer
   state: the data order and the learning-rate schedule go on from that step (lottery ticket rewinding).
@@ -146,7 +157,8 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
           metrics.write(row)
           progress.set_postfix(loss=f'{row["train_loss"]:.3f}', top1=f'{row["eval_top1"]:.2%}',
                                img_s=f'{row["images_per_second"]:.0f}')
-          log.info('epoch %d: %s', row['epoch'], json.dumps({k: round(v, 4) for k, v in row.items()}))
+          log.info('epoch %d, %s: %s', row['epoch'], title or 'training',  # which network: pruned, compact, dense
+                   json.dumps({k: round(v, 4) for k, v in row.items()}))
           checkpointer.save(step, state, initial_params, {'epoch': row['epoch']})
           faults.point('checkpoint_save', step)
           last_checkpoint = step
@@ -161,5 +173,6 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
     metrics.close()
   rows = metrics.rows()
   if jax.process_index() == 0 and rows:
-    plots.plot_learning_curves(rows, workdir / 'learning_curves.png', title=title)
+    plots.plot_learning_curves(rows, workdir / 'learning_curves.png',
+                               title=f'{config.model} on {config.dataset}: {title or "training"}')
   return rows[-1] if rows else evaluate(state, setup, eval_step, config.eval_batch_size)

@@ -50,6 +50,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  check_milestones(config.lr_milestones, config.num_epochs)
   try:
     precision.check_precision(config.prune.precision)
   except ValueError as error:
@@ -64,3 +65,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       sharding.local_batch_size(value)
     except ValueError as error:
       raise ConfigError(f'config.{name}={value}: {error}') from None
+
+
+def check_milestones(milestones: Collection[int], num_epochs: int) -> None:
+  """Refuse a learning-rate drop after the last epoch (it would never happen); 0 epochs train nothing."""
+  late = [m for m in milestones if m >= num_epochs]
+  if num_epochs and late:
+    raise ConfigError(f'config.lr_milestones={tuple(milestones)} drops the learning rate after epoch '
+                      f'{", ".join(map(str, late))}, but training stops after config.num_epochs={num_epochs}: set '
+                      f'--config.lr_milestones below {num_epochs} too (\'--config.lr_milestones=()\' for none), or '
+                      'use a variant that sets both (configs/fashion_mnist_*.py:<epochs>)')

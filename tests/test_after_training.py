@@ -226,7 +226,7 @@ def test_the_references_are_criteria_of_the_sweep_only_and_refuse_what_they_cann
   assert sweep.parse_criteria('all') == registry.UNSTRUCTURED  # at-init, unstructured criteria only
   assert not set(after_training.REFERENCES) & set(registry.CRITERIA)
   one_epoch = base_config()
-  one_epoch.num_epochs = 1
+  one_epoch.num_epochs, one_epoch.lr_milestones = 1, ()
   sweep.validate_sweep(one_epoch, sweep.make_grid('magnitude_after_training', '0.9', 1))
   with pytest.raises(validation.ConfigError, match='lottery_rewind rewinds to the end of epoch 1.*must be >= 2, got 1'):
     sweep.validate_sweep(one_epoch, sweep.make_grid('lottery_rewind', '0.9', 1))

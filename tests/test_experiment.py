@@ -25,7 +25,8 @@ def run_script(*args, timeout=600):
 
 
 def test_prune_py_on_the_default_config_writes_mask_report_plots_and_metrics(tmp_path):
-  done = run_script('prune.py', '--config=configs/default.py', '--config.num_epochs=2', f'--workdir={tmp_path}')
+  done = run_script('prune.py', '--config=configs/default.py', '--config.num_epochs=2',
+                    '--config.lr_milestones=()', f'--workdir={tmp_path}')
   assert done.returncode == 0, done.stderr[-3000:]
   for name in ('mask.npz', 'sparsity_report.json', 'sparsity_report.txt', 'layer_density.png', 'pruning.json',
                'results.json', 'pruned/metrics.jsonl', 'pruned/learning_curves.png', 'dense/metrics.jsonl'):
@@ -68,7 +69,8 @@ def final_params(workdir):
 
 
 def test_a_run_killed_with_sigkill_resumes_and_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
-  args = ['train.py', '--config=configs/default.py', '--config.num_epochs=3', '--config.checkpoint_every_steps=5']
+  args = ['train.py', '--config=configs/default.py', '--config.num_epochs=3', '--config.lr_milestones=()',
+          '--config.checkpoint_every_steps=5']
   killed, clean = tmp_path / 'killed', tmp_path / 'clean'
   process = subprocess.Popen([sys.executable, *args, f'--workdir={killed}'], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -123,7 +125,7 @@ def test_every_registered_criterion_prunes_the_default_config(tmp_path, criterio
 def test_distribution_and_ablation_are_chosen_by_name_and_recorded(tmp_path, distribution, ablation):
   from configs import default
   config = default.get_config()
-  config.num_epochs = 1 if ablation == 'reinit' else 0
+  config.num_epochs, config.lr_milestones = (1 if ablation == 'reinit' else 0), ()
   config.compare_dense = False
   config.distribution, config.ablation = distribution, ablation
   config.prune.update(num_steps=1, batch_size=16)
@@ -136,14 +138,16 @@ def test_distribution_and_ablation_are_chosen_by_name_and_recorded(tmp_path, dis
 def structured_config(**overrides):
   from configs import default
   config = default.get_config()
-  config.num_epochs, config.compare_dense = 1, False
+  config.num_epochs, config.lr_milestones, config.compare_dense = 1, (), False
   config.prune.update(structured=True, sparsity=0.5, num_steps=1, batch_size=16)
   config.update(overrides)
   return config
 
 
 def test_a_structured_run_compacts_trains_the_compact_network_reports_its_cost_and_resumes(tmp_path, caplog):
+  caplog.set_level('INFO', logger='prospr_jax')
   results = experiment.prune_and_train(structured_config(), tmp_path)
+  assert 'epoch 1, compact network (prospr at 50.0% channel sparsity): {' in caplog.text  # names what it trains
   assert results['kept_channels'] == 48 and results['channel_sparsity'] == 0.5 and results['pruned']['step'] == 22
   mask = {name: np.asarray(m) for name, m in np.load(tmp_path / 'mask.npz').items()}
   model, variables = prospr_jax.load_compact(tmp_path)  # the weights training started from

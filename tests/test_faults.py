@@ -23,7 +23,7 @@ from test_experiment import ROOT, final_params
 
 def small_config(**overrides):
   config = default.get_config()
-  config.num_epochs = 0
+  config.num_epochs, config.lr_milestones = 0, ()  # no learning-rate drop in the few epochs a test trains
   config.compare_dense = False
   for key, value in overrides.items():
     target = config
@@ -181,8 +181,8 @@ def run_prune(workdir, kill_at=None):
   env.pop(faults.ENV, None)
   if kill_at:
     env[faults.ENV] = kill_at
-  args = ['prune.py', '--config=configs/default.py', '--config.num_epochs=2', '--config.compare_dense=False',
-          '--config.prune.num_steps=1', f'--workdir={workdir}']
+  args = ['prune.py', '--config=configs/default.py', '--config.num_epochs=2', '--config.lr_milestones=()',
+          '--config.compare_dense=False', '--config.prune.num_steps=1', f'--workdir={workdir}']
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 

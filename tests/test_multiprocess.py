@@ -20,7 +20,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMALL_RUN = ['--config=configs/default.py', '--config.num_epochs=1', '--config.compare_dense=False',
+SMALL_RUN = ['--config=configs/default.py', '--config.num_epochs=1', '--config.lr_milestones=()',
+             '--config.compare_dense=False',
              '--config.prune.num_steps=1', '--config.prune.batch_size=16', '--config.batch_size=64',
              '--config.eval_batch_size=128']
 

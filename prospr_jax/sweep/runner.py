@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import pathlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -88,14 +90,32 @@ def aggregate(workdir: str | pathlib.Path, config: ml_collections.ConfigDict | N
   if config is not None:
     record.check_same_base(workdir, base, config.to_dict())
   rows = [row for cell in grid.cells() if (row := cells_lib.cell_row(cell, workdir)) is not None]
-  summaries = table.summarize(rows)
   if jax.process_index() == 0:
     files.write_text(workdir / RESULTS_FILE, ''.join(files.json_dumps(row) + '\n' for row in rows))
-    files.write_text(workdir / 'table.md', table.table_markdown(summaries, grid, base))
-    files.write_text(workdir / 'table.csv', table.table_csv(summaries, grid, base))
+  return write_tables(workdir, base, grid, rows, with_figure=with_figure)
+
+
+def write_tables(folder: pathlib.Path, base: dict[str, Any], grid: Grid, rows: list[dict[str, Any]], *,
+                 with_figure: bool = True) -> dict[tuple[str, float], table.Summary]:
+  """``table.md``, ``table.csv`` (and the figure) of ``rows`` in ``folder``; a collapsed seed counts at chance."""
+  summaries = table.summarize(rows, table.chance_top1(base))
+  if jax.process_index() == 0:
+    files.write_text(folder / 'table.md', table.table_markdown(summaries, grid, base))
+    files.write_text(folder / 'table.csv', table.table_csv(summaries, grid, base))
     if with_figure:
-      figure.save_figure(figure.draw_figure(summaries, grid, base), workdir / figure.FIGURE_NAME)
+      figure.save_figure(figure.draw_figure(summaries, grid, base), folder / figure.FIGURE_NAME)
   return summaries
+
+
+def tabulate_results(folder: str | pathlib.Path, *, with_figure: bool = True) -> dict[tuple[str, float], table.Summary]:
+  """Rebuild the tables (and figure) of a results folder from its ``sweep.json`` and ``results.jsonl`` alone (no
+  cells, no training): ``python -c "from prospr_jax.sweep import runner; runner.tabulate_results('results/x')"``."""
+  folder = pathlib.Path(folder)
+  recorded = record.read_sweep(folder)
+  if recorded is None or not (folder / RESULTS_FILE).exists():
+    raise FileNotFoundError(f'{folder} needs both {record.SWEEP_FILE} and {RESULTS_FILE} (a sweep\'s results folder)')
+  rows = [json.loads(line) for line in (folder / RESULTS_FILE).read_text().splitlines() if line.strip()]
+  return write_tables(folder, *recorded, rows, with_figure=with_figure)
 
 
 def _clock(seconds: float) -> str:

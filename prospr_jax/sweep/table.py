@@ -4,7 +4,9 @@ The tables follow the paper's appendix B (Tables 3-5): criteria as rows,
 sparsities as columns, and beside our number the paper's where it has one
 (for the references that prune after training too: ``magnitude_after_training``, ``lottery_rewind``).
 Means and standard deviations are in %, the standard deviation the sample one
-(ddof = 1), absent for a single seed.
+(ddof = 1), absent for a single seed. A seed whose mask emptied a layer (layer
+collapse) is a result of the criterion: it counts at chance accuracy (100 /
+classes %) in the mean and std, and the cell says how many seeds collapsed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prospr_jax import after_training, paper_numbers
+from prospr_jax import after_training, data, paper_numbers
 from prospr_jax.sweep.grid import DENSE, Grid
 
 MISSING = '—'
@@ -24,26 +26,30 @@ MISSING = '—'
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-  """Top-1 in % over the finished seeds of one criterion x sparsity; seeds whose mask emptied a layer apart."""
-  mean: float | None  # None when every seed collapsed
+  """Top-1 in % over the finished seeds of one criterion x sparsity; a collapsed seed counts at chance accuracy."""
+  mean: float
   std: float | None  # sample std (ddof = 1); None for one seed
-  n: int
-  collapsed: int = 0  # seeds where the criterion emptied a layer (layer collapse: no network to train)
+  n: int  # seeds in the mean, the collapsed ones included
+  collapsed: int = 0  # of them, seeds where the criterion emptied a layer (layer collapse: counted at chance)
 
 
-def summarize(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, float], Summary]:
-  """``{(criterion, sparsity): Summary}`` of top-1 over seeds; the dense network is ``('dense', 0.0)``."""
+def chance_top1(config: dict[str, Any]) -> float:
+  """The top-1 (%) of a network that outputs a constant on the config's dataset: 100 / its number of classes."""
+  return 100.0 / data.get_dataset_info(config['dataset']).num_classes
+
+
+def summarize(rows: Iterable[dict[str, Any]], chance: float) -> dict[tuple[str, float], Summary]:
+  """``{(criterion, sparsity): Summary}`` of top-1 over seeds, a collapsed seed at ``chance`` (%); the dense network
+  is ``('dense', 0.0)``."""
   groups: dict[tuple[str, float], list[float]] = {}
   collapsed: dict[tuple[str, float], int] = {}
   for row in rows:
     key = (row['criterion'], row['sparsity'])
-    groups.setdefault(key, [])
     if row.get('collapsed'):
       collapsed[key] = collapsed.get(key, 0) + 1
-    else:
-      groups[key].append(100.0 * row['top1'])
-  return {key: Summary(statistics.fmean(values) if values else None,
-                       statistics.stdev(values) if len(values) > 1 else None, len(values), collapsed.get(key, 0))
+    groups.setdefault(key, []).append(chance if row.get('collapsed') else 100.0 * row['top1'])
+  return {key: Summary(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values),
+                       collapsed.get(key, 0))
           for key, values in groups.items()}
 
 
@@ -63,13 +69,12 @@ def sparsity_labels(sparsities: Sequence[float]) -> list[str]:
 
 
 def format_summary(summary: Summary | None) -> str:
+  """``mean ± std (n=3)``; with collapsed seeds ``17.77 ± 13.45 (n=3, 2 collapsed)``; ``—`` for no seed."""
   if summary is None:
     return MISSING
-  collapse = f'layer collapse in {summary.collapsed}/{summary.n + summary.collapsed}' if summary.collapsed else ''
-  if summary.mean is None:
-    return collapse
   spread = '' if summary.std is None else f' ± {summary.std:.2f}'
-  return f'{summary.mean:.2f}{spread} (n={summary.n}{"; " + collapse if collapse else ""})'
+  collapse = f', {summary.collapsed} collapsed' if summary.collapsed else ''
+  return f'{summary.mean:.2f}{spread} (n={summary.n}{collapse})'
 
 
 def _paper(config: dict[str, Any], criterion: str, sparsity: float) -> tuple[float, float] | None:
@@ -98,7 +103,8 @@ def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, conf
   paper = _has_paper_numbers(config)
   lines = [f'Top-1 accuracy (%) of {title(config, grid)}: mean ± sample std over seeds (n finished)'
            + ('; [paper: mean ± std] from its appendix B' if paper else '')
-           + '. Layer collapse: the mask emptied a layer, so the network outputs a constant (chance accuracy).'
+           + '. "k collapsed": in k of the n seeds the mask emptied a layer (layer collapse), so the network outputs '
+           f'a constant: those seeds count at chance accuracy ({chance_top1(config):.2f}%) in the mean and std.'
            + _references_note(grid),
            '',
            '| Sparsity (%) | ' + ' | '.join(sparsity_labels(grid.sparsities)) + ' |',
@@ -119,7 +125,8 @@ def _number(value: float | None) -> str:
 
 
 def table_csv(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
-  """The markdown table in numbers: per sparsity label, ``mean``, ``std``, ``n`` (and the paper's mean and std)."""
+  """The markdown table in numbers: per sparsity label, ``mean``, ``std``, ``n``, ``collapsed`` (of the n, counted at
+  chance in the mean and std) and the paper's mean and std where it has them."""
   paper = _has_paper_numbers(config)
   fields = ('mean', 'std', 'n', 'collapsed') + (('paper mean', 'paper std') if paper else ())
   buffer = io.StringIO()
