@@ -79,11 +79,15 @@ def cell_row(cell: Cell, workdir: pathlib.Path) -> dict[str, Any] | None:
   pruning_seconds = _read_json(cell_dir / 'pruning.json').get('seconds')
   cell_seconds = _read_json(cell_dir / CELL_FILE).get('seconds')
   training_seconds = None if cell_seconds is None else cell_seconds - (pruning_seconds or 0.0)
+  recorded = _read_json(cell_dir / workdir_lib.CONFIG_FILE)
+  prune = recorded.get('prune', {})
+  scoring = {} if cell.is_dense else {  # how the mask was computed: precision and convolution
+      'precision': prune.get('precision', 'float32'), 'scoring_conv': prune.get('conv_impl') or recorded.get('conv_impl')}
   return {'config_hash': config_hash(cell_dir), 'criterion': cell.criterion, 'sparsity': cell.sparsity,
           'seed': cell.seed, 'kept_weights': results.get('kept_weights'),
           'weight_sparsity': results.get('weight_sparsity'), 'top1': final['eval_top1'], 'top5': final['eval_top5'],
           'pruning_seconds': pruning_seconds, 'training_seconds': training_seconds, 'cell_seconds': cell_seconds,
-          'cell': str(cell_dir.relative_to(workdir)), **({'collapsed': collapse} if collapse else {})}
+          'cell': str(cell_dir.relative_to(workdir)), **scoring, **({'collapsed': collapse} if collapse else {})}
 
 
 def prunable_weights(config: ml_collections.ConfigDict) -> int:
