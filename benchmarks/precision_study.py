@@ -11,8 +11,8 @@ One sweep workdir per scoring (``<workdir>/<variant>``), each cell in its own pr
 report: top-1 mean ± std per scoring, the kept-weight overlap of the masks between scorings (mean over seeds, and
 its smallest layer), and per-layer density, written to ``--out`` (rows.jsonl, table.md).
 
-  nice -n 10 python benchmarks/precision_study.py --workdir workdir/precision_study --out results/precision_study
-  python benchmarks/precision_study.py --workdir workdir/precision_study --out results/precision_study --report_only
+  nice -n 10 python benchmarks/precision_study.py --workdir results/precision_study/work --out results/precision_study
+  python benchmarks/precision_study.py --workdir results/precision_study/work --out results/precision_study --report_only
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ VARIANTS = {  # scoring -> (config overrides, criteria scored that way)
 }
 PAIRS = (('float64', 'float32_lax'), ('float64', 'float32_auto'), ('float32_lax', 'float32_auto'))
 
-_WORKDIR = flags.DEFINE_string('workdir', 'workdir/precision_study', 'One sweep workdir per scoring below it.')
+_WORKDIR = flags.DEFINE_string('workdir', 'results/precision_study/work', 'One sweep workdir per scoring below it '
+                               '(kept in git without checkpoints: a later run continues from its finished cells).')
 _OUT = flags.DEFINE_string('out', 'results/precision_study', 'Where rows.jsonl and table.md go.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0 .. seeds - 1.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only aggregate what finished.')
