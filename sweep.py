@@ -18,7 +18,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from prospr_jax import entry, flag_parsing, host_memory, sweep
+from prospr_jax import entry, flag_parsing, host_memory, preemption, sweep
 
 _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of every cell (relative to the current '
                                           'folder, else to this script\'s); --config.<field>=<value> overrides it.')
@@ -101,16 +101,19 @@ def main(argv):
   del argv
   entry.initialize_distributed()
   entry.configure_logging()
+  preemption.handle_sigterm()  # as prune.py and train.py: a checkpoint, then exit code 143
   host_memory.release_heap_after_compiles()  # as prune.py and train.py
   config_filename = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config_filename)
+  made = entry.first_missing_folder(workdir)
   try:
     _run(config_filename, workdir)
   except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
     running = error.directory if isinstance(error, sweep.CellInterrupted) else workdir  # Ctrl-C names its cell
-    failure = entry.failure_of(error, running)  # one line: user errors 2, a full disk 1, Ctrl-C 130
+    failure = entry.failure_of(error, running)  # one line: user errors 2, a full disk 1, Ctrl-C 130, SIGTERM 143
     if failure is None:
       raise
+    entry.remove_if_bare(made)  # a refused sweep (or import) leaves no empty workdir behind
     message = failure[0].replace('rerun the same command to resume', 'rerun the same command to continue the sweep;'
                                  ' finished cells are kept, the interrupted one resumes')
     flag_parsing.report(message)
