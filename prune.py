@@ -5,7 +5,8 @@ and per network metrics.jsonl, learning_curves.png and checkpoints. Rerunning
 the same command resumes from the last checkpoint.
 
 A failed run ends with one ``error:`` line naming the fix (exit code 2; 1 for a
-full disk; 130 for Ctrl-C); set PROSPR_JAX_TRACEBACK=1 to see the traceback too.
+full disk; 130 for Ctrl-C; 143 for SIGTERM, after saving a checkpoint); set
+PROSPR_JAX_TRACEBACK=1 to see the traceback too.
 """
 
 from absl import app, flags

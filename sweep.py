@@ -99,16 +99,18 @@ def _run(config_filename: str, workdir: pathlib.Path) -> None:
 
 def main(argv):
   del argv
-  entry.start(_CONFIG.value)  # as prune.py and train.py
+  entry.start(_CONFIG.value)  # as prune.py and train.py: SIGTERM saves a checkpoint, then exit code 143
   config_filename = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = pathlib.Path(_WORKDIR.value) if _WORKDIR.value else _default_workdir(config_filename)
+  made = entry.first_missing_folder(workdir)
   try:
     _run(config_filename, workdir)
   except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
     running = error.directory if isinstance(error, sweep.CellInterrupted) else workdir  # Ctrl-C names its cell
-    failure = entry.failure_of(error, running)  # one line: user errors 2, a full disk 1, Ctrl-C 130
+    failure = entry.failure_of(error, running)  # one line: user errors 2, a full disk 1, Ctrl-C 130, SIGTERM 143
     if failure is None:
       raise
+    entry.remove_if_bare(made)  # a refused sweep (or import) leaves no empty workdir behind
     message = failure[0].replace('rerun the same command to resume', 'rerun the same command to continue the sweep;'
                                  ' finished cells are kept, the interrupted one resumes')
     flag_parsing.report(message)

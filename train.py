@@ -4,7 +4,8 @@ Writes metrics.jsonl, learning_curves.png and checkpoints to --workdir and
 resumes from them when rerun.
 
 A failed run ends with one ``error:`` line naming the fix (exit code 2; 1 for a
-full disk; 130 for Ctrl-C); set PROSPR_JAX_TRACEBACK=1 to see the traceback too.
+full disk; 130 for Ctrl-C; 143 for SIGTERM, after saving a checkpoint); set
+PROSPR_JAX_TRACEBACK=1 to see the traceback too.
 """
 
 from absl import app, flags

@@ -166,7 +166,7 @@ def rewind_variables(config: ml_collections.ConfigDict, setup: experiment.Setup,
   cache = dense_dir / REWIND_FILE
   if cache.exists():
     log.info('Rewind point: %s', cache)
-    return flax.serialization.from_bytes(jax.device_get(setup.variables), cache.read_bytes())
+    return files.read_msgpack(cache, jax.device_get(setup.variables), fix='delete it: the next cell recomputes it')
   steps_per_epoch, _ = trainer.recipe_steps(config, setup)
   step = REWIND_EPOCH * steps_per_epoch
   if (dense_dir / CHECKPOINTS / str(step)).is_dir():

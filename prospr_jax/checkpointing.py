@@ -13,9 +13,11 @@ run resumes from the newest one that restores.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import threading
 import time
@@ -26,6 +28,11 @@ import orbax.checkpoint as ocp
 from chex import ArrayTree
 
 log = logging.getLogger(__name__)
+SAVE_MARGIN_BYTES = 2**18  # orbax's metadata files beside the arrays
+
+
+class CheckpointError(RuntimeError, ValueError):
+  """No checkpoint restores (corrupt, or of another config); one line naming the folder and the fix."""
 
 
 class Checkpointer:
@@ -44,7 +51,13 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: ArrayTree, initial_params: ArrayTree, meta: dict) -> None:
-    """Start an async save of ``step``; Ctrl-C waits until orbax has taken it over."""
+    """Start an async save of ``step``; Ctrl-C waits until orbax has taken it over. A disk without room for it is
+    refused first (``OSError`` ENOSPC naming the folder), before orbax's threads fail on it one by one."""
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves((state, initial_params))) + SAVE_MARGIN_BYTES
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      raise OSError(errno.ENOSPC, f'No space left on device: a checkpoint needs about {needed / 2**20:.1f} MiB, '
+                    f'{free / 2**20:.1f} MiB are free', str(self.directory))
     with ctrl_c_deferred():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -59,7 +72,12 @@ class Checkpointer:
     proves a newer checkpoint corrupt; when none restores (it may be a config change) nothing is moved.
     """
     if step is not None:
-      return self._restore_step(step, state_template, initial_params_template)
+      try:
+        return self._restore_step(step, state_template, initial_params_template)
+      except Exception as error:  # pylint: disable=broad-except  (orbax and TensorStore raise many kinds)
+        raise CheckpointError(
+            f'Checkpoint {self._path(step)} does not restore ({_summary(error)}): it is corrupt or was saved by a '
+            f'different config. Delete {self.directory} to train again, or train in a new workdir.') from None
     if not self.steps():
       raise FileNotFoundError(f'No checkpoint in {self.directory} to restore')
     failures: dict[int, Exception] = {}
@@ -74,15 +92,22 @@ class Checkpointer:
       return restored
     for bad, error in failures.items():
       log.warning('Checkpoint %s does not restore (%s)', self._path(bad), _summary(error))
-    raise RuntimeError(
+    raise CheckpointError(
         f'No checkpoint in {self.directory} restores (steps {", ".join(map(str, failures))}): they are corrupt or '
         f'were saved by a different config. Delete {self.directory} to start over, or train in a new workdir.'
     ) from None
 
   def wait(self) -> None:
-    """Block until the saves in flight are committed; Ctrl-C meanwhile takes effect after them."""
+    """Block until the saves in flight are committed; Ctrl-C meanwhile takes effect after them. A save that failed
+    leaves no temporary folder behind."""
     with ctrl_c_deferred():
-      self._manager.wait_until_finished()
+      try:
+        self._manager.wait_until_finished()
+      except Exception:
+        if jax.process_index() == 0:
+          for temporary in self.directory.glob('*.orbax-checkpoint-tmp*'):
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
   def close(self) -> None:
     with ctrl_c_deferred():

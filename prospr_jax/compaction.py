@@ -94,16 +94,28 @@ def load_compact(directory: str | os.PathLike[str], trained: bool = False,
   ``trained=True``: the variables after the run's last epoch (``compact_variables_trained.msgpack``,
   written when training ends; FileNotFoundError if the run trained nothing yet).
   ``model_overrides`` go to ``get_model`` too (e.g. ``conv_general_dilated=``).
+  The variables must have the shapes of the model ``compact.json`` describes (for its recorded input shape).
   """
   directory = epath.Path(directory)
   if not (directory / COMPACT_FILE).exists():
     raise FileNotFoundError(f'{directory / COMPACT_FILE} does not exist: give the workdir of a structured '
                             'prune.py run with config.prune.compact=True')
-  record = json.loads((directory / COMPACT_FILE).read_text())
+  rerun = 'rerun the prune.py command of this workdir to write it again'
+  record = files.read_json(directory / COMPACT_FILE, required=('model', 'num_classes', 'model_kwargs'), fix=rerun)
   kwargs = {key: _tuples(value) for key, value in record['model_kwargs'].items()}
   model = get_model(record['model'], record['num_classes'], **kwargs, **model_overrides)
   path = directory / (TRAINED_FILE if trained else VARIABLES_FILE)
   if trained and not path.exists():
-    raise FileNotFoundError(f'{directory} holds no trained compact variables ({TRAINED_FILE}): the run has trained '
-                            'no epoch yet (config.num_epochs=0, or it was stopped before its end; rerun it to finish)')
-  return model, flax.serialization.msgpack_restore(path.read_bytes())
+    raise FileNotFoundError(f'{directory} holds no trained compact variables ({TRAINED_FILE}): the run has not '
+                            'finished its epochs (config.num_epochs=0, or it was stopped before its end; rerun it to '
+                            'finish)')
+  if not path.exists():
+    raise FileNotFoundError(f'{path} does not exist: {rerun}')
+  variables = files.read_msgpack(path, fix=f'it is corrupt; delete it and {rerun}')
+  if 'input_shape' in record:
+    try:
+      check_shapes(model, variables, tuple(record['input_shape']))
+    except ValueError:
+      raise ValueError(f'{path} does not fit the compact network of {directory / COMPACT_FILE} (other shapes): the '
+                       f'files come from different runs; delete {path.name} and {rerun}') from None
+  return model, variables

@@ -2,8 +2,8 @@
 and failures that end the run with one ``error:`` line instead of a traceback or a hang.
 
 A problem the user can fix (a bad flag or config, a missing file, an unwritable workdir) ends with exit code 2;
-a full disk with 1; Ctrl-C with 130 and the checkpoint a rerun resumes from. Set ``PROSPR_JAX_TRACEBACK=1`` to
-see the traceback as well.
+a full disk with 1; Ctrl-C with 130 and the checkpoint a rerun resumes from; SIGTERM (preemption) with 143, after
+saving a checkpoint of the step reached (``preemption``). Set ``PROSPR_JAX_TRACEBACK=1`` to see the traceback as well.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import ml_collections
 from absl import flags, logging
 from jax.experimental import multihost_utils
 
-from prospr_jax import determinism, experiment, host_memory, validation, workdir as workdir_lib
+from prospr_jax import determinism, experiment, files, host_memory, preemption, validation, workdir as workdir_lib
 from prospr_jax.data import DatasetUnavailableError
 from prospr_jax.flag_parsing import report
 
 JOBS = {'prune_and_train': experiment.prune_and_train, 'train_and_evaluate': experiment.train_and_evaluate}
 # Errors whose message names the problem and its fix: the user needs the message, not the traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-               DatasetUnavailableError, validation.ConfigError)
+               DatasetUnavailableError, validation.ConfigError, files.UnreadableFileError)
 
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Multi-process run: call jax.distributed.initialize() (on TPU pods and SLURM it finds '
@@ -110,6 +110,13 @@ def last_checkpoint(workdir: pathlib.Path) -> tuple[int, pathlib.Path] | None:
   return max(found)[1:] if found else None
 
 
+def _caused_by(error: BaseException | None, kind: type[BaseException]) -> bool:
+  """Whether ``error`` or an error behind it (its cause or context) is a ``kind``."""
+  while error is not None and not isinstance(error, kind):
+    error = error.__cause__ or error.__context__
+  return error is not None
+
+
 def _disk_full(error: BaseException | None) -> OSError | None:
   """The 'no space left' (or over quota) OSError behind ``error``, if that is what stopped the run."""
   while error is not None and not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)):
@@ -122,6 +129,9 @@ def failure_of(error: BaseException, workdir: pathlib.Path) -> tuple[str, int] |
   if isinstance(error, KeyboardInterrupt):
     checkpoint = last_checkpoint(workdir)
     where = f'step {checkpoint[0]} in {checkpoint[1]}' if checkpoint else 'before the first checkpoint'
+    if _caused_by(error, preemption.Preempted):
+      return (f'stopped by SIGTERM (preempted?); rerun the same command to resume from the last checkpoint '
+              f'({where})'), preemption.EXIT_CODE
     return f'interrupted; rerun the same command to resume from the last checkpoint ({where})', 130
   if full := _disk_full(error):
     return (f'the disk is full (writing {full.filename or workdir.absolute()}: {full.strerror}); free space there '
@@ -136,7 +146,13 @@ def failure_of(error: BaseException, workdir: pathlib.Path) -> tuple[str, int] |
           'with the same command: the run resumes from its last checkpoint.'), 1
 
 
-def _remove_if_bare(folder: pathlib.Path | None) -> None:
+def first_missing_folder(workdir: pathlib.Path) -> pathlib.Path | None:
+  """The outermost folder of ``workdir``'s path that does not exist yet (what a run would make), or None."""
+  return next((folder for folder in reversed(workdir.absolute().parents) if not folder.exists()),
+              None if workdir.exists() else workdir.absolute())
+
+
+def remove_if_bare(folder: pathlib.Path | None) -> None:
   """Remove a folder this run made when it holds no result (nothing but the recorded config), on process 0."""
   if folder and jax.process_index() == 0 and folder.is_dir() and all(
       path.is_dir() or path.name == workdir_lib.CONFIG_FILE for path in folder.rglob('*')):
@@ -152,6 +168,7 @@ def start(config: ml_collections.ConfigDict) -> None:
     determinism.request_deterministic_ops()
   initialize_distributed()
   configure_logging()
+  preemption.handle_sigterm()  # SIGTERM saves a checkpoint and ends with exit code 143, as Ctrl-C ends with 130
   host_memory.release_heap_after_compiles()
 
 
@@ -159,8 +176,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename:
   """Run ``JOBS[job]`` in the workdir; what stops it ends the process with one line and a meaningful exit code."""
   start(config)
   workdir_path = pathlib.Path(workdir) if workdir else default_workdir(config_filename, job)
-  made = next((folder for folder in reversed(workdir_path.absolute().parents) if not folder.exists()),
-              None if workdir_path.exists() else workdir_path.absolute())
+  made = first_missing_folder(workdir_path)
   try:
     check_workdir(workdir_path)
     if flags.FLAGS.is_parsed() and _START_OVER.value:
@@ -172,7 +188,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename:
     failure = failure_of(error, workdir_path)
     if failure is None:
       raise
-    _remove_if_bare(made)
+    remove_if_bare(made)
     report(failure[0])
     _exit(failure[1])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -17,12 +18,14 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from chex import ArrayTree
 from jax.sharding import Mesh
 
 from prospr_jax import (
+  compaction,
   cost,
   data,
   files,
@@ -37,8 +40,12 @@ from prospr_jax import (
   workdir as workdir_lib,
 )
 from prospr_jax.models import conv as conv_lib, get_model
+from prospr_jax.sparsity import percent
 
 log = logging.getLogger(__name__)
+RESULTS_FILE = 'results.json'
+# Written when training ends: a raised num_epochs makes them stale, so they are deleted before it is recorded.
+FINAL_FILES = (RESULTS_FILE, compaction.TRAINED_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +77,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   log.info('conv_impl %s on %s: %s', config.conv_impl, jax.default_backend(),
            'lax.conv_general_dilated' if conv is None else conv.__name__)
   model = get_model(config.model, info.num_classes, conv_general_dilated=conv, **config.model_kwargs)
+  check_input_size(model, info, config)
   variables = init_variables(model, info, seeds.model_init(config.seed))
   mesh = sharding.make_mesh()
   sharding.assert_same_on_every_process(np.array([len(train_source), len(eval_source)]),
@@ -82,6 +90,32 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   return Setup(info, model, variables, mesh, train_source, eval_source)
 
 
+def check_input_size(model: nn.Module, info: data.DatasetInfo, config: ml_collections.ConfigDict) -> None:
+  """Refuse a model whose layers shrink the dataset's images to nothing (VGG-16's pools on 8x8 digits), naming the
+  layer and the input size, before its initialiser divides by zero or its scores turn NaN."""
+  emptied = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == '__call__' and not emptied:
+      emptied.extend(f'{"/".join(context.module.path)} {np.shape(leaf)}' for leaf in jax.tree.leaves(out)
+                     if 0 in np.shape(leaf))
+    return out
+
+  try:
+    with nn.intercept_methods(record):
+      jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                     jax.ShapeDtypeStruct((1, *info.input_shape), jnp.float32))
+  except ZeroDivisionError:  # an initialiser's fan-in of 0, after the layer recorded below
+    if not emptied:
+      raise
+  if emptied:
+    size = 'x'.join(map(str, info.input_shape))
+    raise validation.ConfigError(f'config.model={config.model!r} is too deep for the {size} images of '
+                                 f'{config.dataset}: its output at {emptied[0]} is empty; choose a model for inputs '
+                                 'this small (small_cnn, lenet300) or a dataset with larger images')
+
+
 @contextlib.contextmanager
 def claimed(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             validate: Callable[[ml_collections.ConfigDict], None] = validation.validate_config) -> Iterator[None]:
@@ -89,7 +123,7 @@ def claimed(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   validate(config)
   workdir.mkdir(parents=True, exist_ok=True)
   with workdir_lib.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-    workdir_lib.check_config(workdir, config, write=jax.process_index() == 0)
+    workdir_lib.check_config(workdir, config, write=jax.process_index() == 0, final_files=FINAL_FILES)
     yield
 
 
@@ -117,7 +151,7 @@ def prune_and_train(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       results['dense'] = trainer.train(config, setup, masks_lib.all_ones_mask(setup.variables['params']),
                                        workdir / 'dense', title=trainer.network_title(config, 'dense'))
     if jax.process_index() == 0:
-      files.write_json(workdir / 'results.json', results)
+      files.write_json(workdir / RESULTS_FILE, results)
       print(format_results(config, results), flush=True)
       print_costs(workdir)
     return results
@@ -197,6 +231,6 @@ def format_results(config: ml_collections.ConfigDict, results: dict[str, Any], n
   lines = [f'{config.model} on {config.dataset}, {config.num_epochs} epochs; sparsity of the prunable weights'
            + (' and of the channels' if channels else ''), header]
   for row_name, weights, channel, row in rows:
-    lines.append(f'{row_name:<24} {weights:>8.1%} ' + (f'{channel:>8.1%} ' if channels else '')
+    lines.append(f'{row_name:<24} {percent(weights):>8} ' + (f'{percent(channel):>8} ' if channels else '')
                  + f'{row["eval_top1"]:>8.2%} {row["eval_top5"]:>8.2%}')
   return '\n'.join(lines)

@@ -7,25 +7,34 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from chex import ArrayTree
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels (torch's ``F.cross_entropy``)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  """Mean softmax cross-entropy with integer labels (torch's ``F.cross_entropy``); NaN, and NaN gradients, if a label
+  is outside ``[0, classes)``, never the loss of a wrapped-around class."""
+  valid = (labels >= 0) & (labels < logits.shape[-1])
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+  return (losses * jnp.where(valid, 1.0, jnp.nan).astype(losses.dtype)).mean()
 
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
   """``(inputs, labels)`` from a ``(x, y)`` pair or a ``{'image': x, 'label': y}`` dict."""
   if isinstance(batch, Mapping):
     try:
-      return batch['image'], batch['label']
+      inputs, labels = batch['image'], batch['label']
     except KeyError:
       raise ValueError(f"a dict batch needs keys 'image' and 'label', got {sorted(batch)}") from None
-  if isinstance(batch, (tuple, list)) and len(batch) == 2:
-    return batch[0], batch[1]
-  raise ValueError(f"a batch is an (inputs, labels) pair or a dict with 'image' and 'label', got {type(batch)}")
+  elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+    inputs, labels = batch
+  else:
+    raise ValueError(f"a batch is an (inputs, labels) pair or a dict with 'image' and 'label', got {type(batch)}")
+  if getattr(inputs, 'dtype', None) == jnp.uint8:
+    raise ValueError('the inputs are uint8 (raw pixels?): convert them to floats and normalise them first, e.g. '
+                     '(x / 255 - mean) / std')
+  return inputs, labels
 
 
 def flax_loss_fn(

@@ -261,16 +261,38 @@ def masks_from_mapping(mapping: Mapping[str, Any], params: ArrayTree) -> ArrayTr
   def take(path, _):
     return None if layer_name(path) not in mapping else jnp.asarray(mapping[layer_name(path)])
   masks = jax.tree_util.tree_map_with_path(take, params)
+  _unique_names(masks)
   unknown = set(mapping) - {name for name, _ in named_leaves(masks)}
   if unknown:
     raise ValueError(f'mask names {sorted(unknown)} are not parameters of this model')
   return masks
 
 
+def _unique_names(tree: ArrayTree) -> list[tuple[str, Any]]:
+  """``named_leaves``, refusing two leaves of one name (``{'a/b': x, 'a': {'b': y}}``): a file cannot tell them
+  apart."""
+  items = named_leaves(tree)
+  names = [name for name, _ in items]
+  clashing = sorted({name for name in names if names.count(name) > 1})
+  if clashing:
+    raise ValueError(f'two leaves are both named {", ".join(clashing)} (a key holding "/" and a nested path): a mask '
+                     'file cannot tell them apart; rename the key without "/"')
+  return items
+
+
+def _storable(array: Any) -> np.ndarray:
+  """A mask as bool (any 0/1 array, bfloat16 too); other values (scores) in a dtype ``np.load`` reads back."""
+  array = np.asarray(array)
+  if array.dtype != bool and np.isin(array, (0, 1)).all():
+    return array.astype(bool)
+  return array if array.dtype.kind in 'biuf' else array.astype(np.float32)  # bfloat16's kind is 'V' (void)
+
+
 def save_masks(path: str | os.PathLike[str], masks: ArrayTree) -> None:
-  """Write ``{layer_name: array}`` as an ``.npz`` at a local or cloud path, atomically."""
+  """Write ``{layer_name: array}`` as an ``.npz`` at a local or cloud path, atomically: masks as bool, scores in a
+  NumPy dtype (float32 for bfloat16); two leaves of one name are refused."""
   buffer = io.BytesIO()
-  np.savez(buffer, **{name: np.asarray(m) for name, m in named_leaves(masks)})
+  np.savez(buffer, **{name: _storable(m) for name, m in _unique_names(masks)})
   files.write_bytes(path, buffer.getvalue())
 
 

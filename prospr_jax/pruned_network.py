@@ -111,9 +111,10 @@ def build(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree,
   compaction.check_shapes(narrow, small, setup.info.input_shape)
   compact_setup = dataclasses.replace(setup, model=narrow, variables=small)
   ones = masks_lib.all_ones_mask(small['params'])
-  if jax.process_index() == 0 and not (workdir / compaction.COMPACT_FILE).exists():
+  if jax.process_index() == 0 and not all((workdir / name).exists()
+                                         for name in (compaction.COMPACT_FILE, compaction.VARIABLES_FILE)):
     compaction.save_compact(workdir, config.model, setup.info.num_classes, config.model_kwargs.to_dict(), narrow,
-                            small, widths=channel_counts(mask))
+                            small, widths=channel_counts(mask), input_shape=list(setup.info.input_shape))
   if jax.process_index() == 0 and not (workdir / COST_FILE).exists():
     write_costs(config, setup, compact_setup, ones, workdir)
   log.info('Training the compact network: %s', plans.width_fields(narrow))

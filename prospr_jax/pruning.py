@@ -39,7 +39,7 @@ from prospr_jax import (
 )
 from prospr_jax.criteria import prospr as prospr_lib, registry
 from prospr_jax.models import conv as conv_lib, flops, plans
-from prospr_jax.sparsity import SparsityReport
+from prospr_jax.sparsity import SparsityReport, percent
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,15 @@ def loss_fn_for(config: ml_collections.ConfigDict, model, variables: ArrayTree):
 
 def _global_batches(loader_iterator: Iterator[dict], mesh: Mesh) -> Iterator[dict]:
   for local in loader_iterator:
+    _check_finite_images(local['image'])
     yield sharding.global_batch({'image': local['image'], 'label': local['label']}, mesh)
+
+
+def _check_finite_images(images: np.ndarray, count: int = 1) -> None:
+  """Refuse pruning batches holding NaN or Inf before any criterion blames its own settings."""
+  if not np.isfinite(images).all():
+    raise ValueError(f'the pruning batches of {count} x {images.shape[-4]} images hold NaN or Inf: check the dataset '
+                     'and its normalisation')
 
 
 def _stacked_global_batches(loader_iterator: Iterator[dict], count: int, mesh: Mesh) -> dict[str, jax.Array]:
@@ -101,9 +109,7 @@ def _stacked_global_batches(loader_iterator: Iterator[dict], count: int, mesh: M
   local = [next(loader_iterator) for _ in range(count)]
   spec = NamedSharding(mesh, PartitionSpec(None, 'data'))
   stacked = {key: np.stack([batch[key] for batch in local]) for key in ('image', 'label')}
-  if not np.isfinite(stacked['image']).all():  # before any criterion blames its own settings
-    raise ValueError(f'the pruning batches of {count} x {stacked["image"].shape[1]} images hold NaN or Inf: '
-                     'check the dataset and its normalisation')
+  _check_finite_images(stacked['image'], count)
   return {key: jax.make_array_from_process_local_data(spec, value) for key, value in stacked.items()}
 
 
@@ -228,7 +234,7 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
   unit = 'channels' if config.prune.structured else 'weights'  # what the report counts: the mask's entries
   plots.plot_layer_density(report, workdir / 'layer_density.png', unit=unit,
                            title=f'{config.model} / {config.dataset}: {config.criterion} at sparsity '
-                                 f'{config.prune.sparsity:.1%}')
+                                 f'{percent(config.prune.sparsity)}')
   files.write_json(workdir / 'pruning.json',
                    {**choice, 'prune': config.prune.to_dict(), 'seconds': seconds, 'density': report.density,
                     'backend': jax.default_backend(), 'deterministic_ops': determinism.is_requested(),

@@ -14,6 +14,16 @@ from chex import ArrayTree
 from prospr_jax import files, masks as masks_lib
 
 
+def percent(fraction: float, decimals: int = 1) -> str:
+  """``fraction`` in %, with more than ``decimals`` decimals where fewer would show 100 (or 0) for a fraction that
+  is not: 0.9999 is ``'99.99%'``, never ``'100.0%'``."""
+  for places in range(decimals, 8):
+    text = f'{100 * fraction:.{places}f}'
+    if (float(text) < 100 or fraction >= 1) and (float(text) > 0 or fraction <= 0):
+      break
+  return f'{text}%'
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerSparsity:
   name: str

@@ -1,12 +1,15 @@
 """The training loop of an experiment: resume, epochs, evaluation, checkpoints, metrics, and a stop on divergence.
 
 A rerun with the same workdir resumes from the newest checkpoint that restores,
-data order included. A non-finite loss stops the run at once with a message
-naming the step; the last good checkpoint stays, none is written after it.
+data order included, and reports a resumed epoch's train loss and accuracy over
+the whole epoch, as an uninterrupted run does. A non-finite loss stops the run
+at once with a message naming the step; the last good checkpoint stays, none is
+written after it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -24,7 +27,7 @@ import tqdm
 from chex import ArrayTree
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from prospr_jax import checkpointing, data, faults, plots, seeds, sharding, training
+from prospr_jax import checkpointing, data, faults, plots, preemption, seeds, sharding, training
 from prospr_jax.metrics import MetricsWriter
 
 if TYPE_CHECKING:
@@ -108,7 +111,9 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
   ``title`` names the network in every epoch's log line and the learning curves (``network_title``).
 
   ``start_step`` (when ``workdir`` holds no checkpoint yet): begin there, as if resuming, with a fresh optimizer
-  state: the data order and the learning-rate schedule go on from that step (lottery ticket rewinding).
+  state: the data order and the learning-rate schedule go on from that step (lottery ticket rewinding). A
+  mid-epoch checkpoint holds the epoch's per-step train loss and accuracy so far, so a resumed epoch reports the
+  whole epoch. SIGTERM (``preemption``) saves a checkpoint of the step reached, then raises ``Preempted``.
   """
   variables = setup.variables if variables is None else variables
   workdir.mkdir(parents=True, exist_ok=True)
@@ -118,10 +123,11 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
   initial_params = sharding.replicate(variables['params'], setup.mesh)
   checkpointer = checkpointing.Checkpointer(workdir / 'checkpoints')
   metrics = MetricsWriter(workdir)
-  step, last_checkpoint = start_step, None
+  step, last_checkpoint, epoch = start_step, None, EpochSums.empty()
   if checkpointer.latest_step() is not None:
     state, _, meta = checkpointer.restore(state, initial_params)
     step = last_checkpoint = int(sharding.host_value(state.step))
+    epoch = EpochSums.from_meta(meta)
     log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', step, meta['epoch'], workdir)
   metrics.truncate_after(step)  # rows past the checkpoint (all of them when there is none) are redone
   loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size,
@@ -132,40 +138,39 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
   progress = tqdm.tqdm(total=total_steps, initial=step, unit='step',
                        disable=None if jax.process_index() == 0 else True,  # None: only on a terminal
                        desc=title or 'train', dynamic_ncols=True, mininterval=2.0)
-  epoch_loss, epoch_accuracy, epoch_start = [], [], time.perf_counter()
+
+  def save(step: int, meta: dict) -> None:
+    nonlocal last_checkpoint
+    check(step_metrics['loss'], step, last_checkpoint=last_checkpoint, params=state.params)  # never save NaN
+    checkpointer.save(step, state, initial_params, meta)
+    last_checkpoint = step
+
   try:
-    with logging_redirect_tqdm([logging.getLogger('prospr_jax')]):  # log lines above the bar, not glued to it
+    with logging_redirect_tqdm([logging.getLogger('prospr_jax')]), preemption.held():
       while step < total_steps:
         state, step_metrics = train_step(state, sharding.global_batch(next(batches), setup.mesh))
         step += 1
-        if epoch_loss:  # the previous step's loss, computed by now: no wait on the step just dispatched
-          check(epoch_loss[-1], step - 1, last_checkpoint=last_checkpoint)
-        epoch_loss.append(step_metrics['loss'])
-        epoch_accuracy.append(step_metrics['accuracy'])
+        if epoch.loss:  # the previous step's loss, computed by now: no wait on the step just dispatched
+          check(epoch.loss[-1], step - 1, last_checkpoint=last_checkpoint)
+        epoch.add(step_metrics)
         progress.update(1)
         faults.point('training', step)
-        end_of_epoch = step % steps_per_epoch == 0
-        if end_of_epoch or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
-          check(step_metrics['loss'], step, last_checkpoint=last_checkpoint, params=state.params)  # never save NaN
-        if end_of_epoch:
-          seconds = time.perf_counter() - epoch_start
+        if step % steps_per_epoch == 0:
           row = {'epoch': step // steps_per_epoch, 'step': step, 'learning_rate': float(schedule(step - 1)),
-                 'train_loss': float(np.mean(sharding.host_value(epoch_loss))),
-                 'train_accuracy': float(np.mean(sharding.host_value(epoch_accuracy))),
-                 **evaluate(state, setup, eval_step, config.eval_batch_size),
-                 'images_per_second': len(epoch_loss) * config.batch_size / seconds}
-          metrics.write(row)
+                 **epoch.means(), **evaluate(state, setup, eval_step, config.eval_batch_size),
+                 'images_per_second': len(epoch.loss) * config.batch_size / epoch.seconds()}
+          metrics.write(row)  # on disk (TensorBoard too) before its checkpoint commits
           progress.set_postfix(loss=f'{row["train_loss"]:.3f}', top1=f'{row["eval_top1"]:.2%}',
                                img_s=f'{row["images_per_second"]:.0f}')
           log.info('epoch %d, %s: %s', row['epoch'], title or 'training',  # which network: pruned, compact, dense
                    json.dumps({k: round(v, 4) for k, v in row.items()}))
-          checkpointer.save(step, state, initial_params, {'epoch': row['epoch']})
+          save(step, {'epoch': row['epoch']})
           faults.point('checkpoint_save', step)
-          last_checkpoint = step
-          epoch_loss, epoch_accuracy, epoch_start = [], [], time.perf_counter()
-        elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-          checkpointer.save(step, state, initial_params, {'epoch': step // steps_per_epoch})
-          last_checkpoint = step
+          epoch = EpochSums.empty()
+        elif preemption.requested() or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
+          save(step, {'epoch': step // steps_per_epoch, **epoch.to_meta()})
+        if preemption.requested():
+          raise preemption.Preempted(f'SIGTERM: saved a checkpoint at step {step}')
   finally:  # a stop mid-run still finishes the save in flight: the newest checkpoint is whole
     progress.close()
     checkpointer.wait()
@@ -176,3 +181,43 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
     plots.plot_learning_curves(rows, workdir / 'learning_curves.png',
                                title=f'{config.model} on {config.dataset}: {title or "training"}')
   return rows[-1] if rows else evaluate(state, setup, eval_step, config.eval_batch_size)
+
+
+@dataclasses.dataclass
+class EpochSums:
+  """The epoch so far: per-step train loss and accuracy (arrays, read at the epoch's end) and its seconds."""
+  loss: list
+  accuracy: list
+  start: float
+
+  @classmethod
+  def empty(cls, seconds_before: float = 0.0) -> EpochSums:
+    return cls([], [], time.perf_counter() - seconds_before)
+
+  def add(self, step_metrics: dict[str, jax.Array]) -> None:
+    self.loss.append(step_metrics['loss'])
+    self.accuracy.append(step_metrics['accuracy'])
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self.start
+
+  def means(self) -> dict[str, float]:
+    return {'train_loss': float(np.mean(sharding.host_value(self.loss))),
+            'train_accuracy': float(np.mean(sharding.host_value(self.accuracy)))}
+
+  def to_meta(self) -> dict:
+    """The values (with their dtype, so the epoch's mean is computed as without a stop) for a checkpoint's meta."""
+    values = {name: np.asarray(sharding.host_value(getattr(self, name))) for name in ('loss', 'accuracy')}
+    return {'epoch_so_far': {**{name: {'dtype': str(v.dtype), 'values': v.tolist()} for name, v in values.items()},
+                             'seconds': self.seconds()}}
+
+  @classmethod
+  def from_meta(cls, meta: dict) -> EpochSums:
+    """The epoch so far recorded in a checkpoint's meta (none at an epoch's end, or in an older checkpoint)."""
+    saved = meta.get('epoch_so_far')
+    if not saved:
+      return cls.empty()
+    sums = cls.empty(saved['seconds'])
+    sums.loss, sums.accuracy = (list(np.asarray(saved[name]['values'], saved[name]['dtype']))
+                                for name in ('loss', 'accuracy'))
+    return sums

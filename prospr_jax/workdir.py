@@ -4,8 +4,10 @@
 A rerun whose mask- or training-defining fields differ is refused with one line
 naming them; fields that only say how to run (workers, checkpoint frequency,
 where the data lie) may change, and ``num_epochs`` may grow (training goes on).
-A lock file holds the pid of the run using the workdir (process 0 of a
-multi-process run); a second run is refused while that process lives.
+A lock file holds the host and pid of the run using the workdir (process 0 of
+a multi-process run); a second run is refused, naming the lock file, while that
+process lives, or whenever it runs on another host (whose processes this host
+cannot see).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -67,11 +70,14 @@ def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[
                         and not new.get(MATTERS_ONLY_WITH[key])))
 
 
-def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, write: bool = True) -> None:
+def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, write: bool = True,
+                 final_files: Sequence[str] = ()) -> None:
   """Record ``config`` in a new workdir; in a used one, refuse a config that would compute something else.
 
   Raising ``num_epochs`` is allowed (and logged); lowering it is refused, as the
-  checkpoints may already be past the new end. Only a ``write`` call (process 0) records.
+  checkpoints may already be past the new end. ``final_files`` describe the end of
+  training: raising ``num_epochs`` deletes them before the new config is recorded,
+  so none outlives the config it belongs to. Only a ``write`` call (process 0) records.
   """
   path = workdir / CONFIG_FILE
   current = config.to_dict()
@@ -82,7 +88,8 @@ def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, wr
     if write:
       files.write_json(path, current)
     return
-  recorded = json.loads(path.read_text())
+  recorded = files.read_json(path, required=['num_epochs'], fix='delete the workdir\'s contents (--start_over) or '
+                             'use another --workdir')
   differing = differing_fields(recorded, current)
   refused = [key for key in differing if key not in HOW_TO_RUN and key != 'num_epochs']
   old_epochs, new_epochs = recorded.get('num_epochs'), current['num_epochs']
@@ -94,15 +101,20 @@ def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, *, wr
                        'that config. Use another --workdir, or --start_over to delete its contents')
   if 'num_epochs' in differing:
     log.info('num_epochs raised from %d to %d: training continues from the last checkpoint', old_epochs, new_epochs)
+    for name in final_files if write else ():
+      (workdir / name).unlink(missing_ok=True)
   if differing and write:
     files.write_json(path, current)
 
 
 def _describe(key: str, recorded: dict[str, Any], current: dict[str, Any]) -> str:
-  if key.startswith('num_epochs'):
-    return key
+  return key if key.startswith('num_epochs') else describe([key], recorded, current)
+
+
+def describe(keys: Sequence[str], recorded: dict[str, Any], current: dict[str, Any]) -> str:
+  """``'learning_rate: 0.1 there, 0.05 now; ...'`` for the dotted ``keys`` of two configs."""
   old, new = ({**ADDED_FIELDS, **flatten(recorded)}, {**ADDED_FIELDS, **flatten(current)})
-  return f'{key}: {old.get(key, "<absent>")!r} there, {new.get(key, "<absent>")!r} now'
+  return '; '.join(f'{key}: {old.get(key, "<absent>")!r} there, {new.get(key, "<absent>")!r} now' for key in keys)
 
 
 def _holds_results(workdir: pathlib.Path) -> bool:
@@ -117,30 +129,35 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def _lock_holder(path: pathlib.Path) -> int:
+def _lock_holder(path: pathlib.Path) -> tuple[int, str]:
+  """``(pid, host)`` in a lock file (``pid host``; a bare pid is this host's); ``(0, '')`` when unreadable."""
   try:
-    return int(path.read_text().strip() or 0)
+    pid, _, host = path.read_text().strip().partition(' ')
+    return int(pid or 0), host or socket.gethostname()
   except (OSError, ValueError):
-    return 0
+    return 0, ''
 
 
 @contextlib.contextmanager
 def locked(workdir: pathlib.Path) -> Iterator[None]:
-  """Hold ``workdir/.lock`` (this pid) for the block; refuse if a live process holds it, take over a stale one."""
-  path = workdir / LOCK_FILE
+  """Hold ``workdir/.lock`` (this pid and host) for the block; refuse while a live process (or any process on
+  another host) holds it, take over a stale one."""
+  path, host = workdir / LOCK_FILE, socket.gethostname()
   claim = workdir / f'.lock.{os.getpid()}'
-  claim.write_text(str(os.getpid()))
+  claim.write_text(f'{os.getpid()} {host}')
   try:
     while True:
       try:
         os.link(claim, path)  # atomic: the lock appears with its pid already in it
         break
       except FileExistsError:
-        holder = _lock_holder(path)
-        if holder and holder != os.getpid() and _pid_alive(holder):
-          raise WorkdirError(f'workdir {workdir} in use by pid {holder}: wait for that run to end, or use another '
-                             '--workdir') from None
-        log.warning('Removing a stale lock of pid %s in %s', holder or '?', workdir)
+        pid, holder_host = _lock_holder(path)
+        elsewhere = holder_host != host
+        if pid and (elsewhere or (pid != os.getpid() and _pid_alive(pid))):
+          raise WorkdirError(f'workdir {workdir} in use by pid {pid}{f" on {holder_host}" if elsewhere else ""} '
+                             f'(lock file {path}): wait for that run to end, or use another --workdir; if no run '
+                             f'uses it, delete {path}') from None
+        log.warning('Removing a stale lock of pid %s in %s', pid or '?', workdir)
         path.unlink(missing_ok=True)
   finally:
     claim.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import time
 import pytest
 from absl import flags, logging as absl_logging
 
-from prospr_jax import entry, flag_parsing, host_memory, validation
+from prospr_jax import entry, flag_parsing, host_memory, preemption, validation
 from prospr_jax.data import DatasetUnavailableError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,6 +28,7 @@ def quiet_entry(monkeypatch):
   monkeypatch.setattr(entry, 'initialize_distributed', lambda: None)
   monkeypatch.setattr(entry, 'configure_logging', lambda: None)
   monkeypatch.setattr(host_memory, 'release_heap_after_compiles', lambda: None)  # no listener left in this process
+  monkeypatch.setattr(preemption, 'handle_sigterm', lambda: None)  # pytest keeps its own SIGTERM handling
   monkeypatch.delenv(flag_parsing.TRACEBACK_ENV, raising=False)
 
 

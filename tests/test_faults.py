@@ -7,9 +7,12 @@ divergence, concurrent runs, SIGKILL at every stage.
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import types
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,7 +164,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_pid(tmp_path):
     holder.kill()
     holder.wait()
   with workdir_lib.locked(tmp_path):  # the holder is dead: its lock is stale and taken over
-    assert (tmp_path / '.lock').read_text() == str(os.getpid())
+    assert (tmp_path / '.lock').read_text() == f'{os.getpid()} {socket.gethostname()}'
   assert not (tmp_path / '.lock').exists()
 
 
@@ -176,20 +179,33 @@ def test_the_table_of_a_structured_run_shows_weight_and_channel_sparsity():
 
 # 7, and kill -9 everywhere: each rerun continues; the end is bit-identical to an uninterrupted run.
 
-def run_prune(workdir, kill_at=None):
+def run_prune(workdir, kill_at=None, signal_name=None):
   env = dict(os.environ)
   env.pop(faults.ENV, None)
+  env.pop(faults.SIGNAL_ENV, None)
   if kill_at:
     env[faults.ENV] = kill_at
+  if signal_name:
+    env[faults.SIGNAL_ENV] = signal_name
   args = ['prune.py', '--config=configs/default.py', '--config.num_epochs=2', '--config.lr_milestones=()',
           '--config.compare_dense=False', '--config.prune.num_steps=1', f'--workdir={workdir}']
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_sigkill_at_every_stage_then_rerun_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+def test_sigkill_at_every_stage_and_sigterm_mid_epoch_then_rerun_end_bit_identical_to_an_uninterrupted_run(tmp_path):
+  """SIGTERM (preemption) at step 33 saves a checkpoint there, mid-epoch, and exits 143 with one line; the rerun
+  reports epoch 2 over all its steps, as the uninterrupted run does (the strip below compares the train loss)."""
   killed, clean = tmp_path / 'killed', tmp_path / 'clean'
-  for point in ('scoring', 'pruning_files', 'training:30', 'checkpoint_save:44'):
-    done = run_prune(killed, kill_at=point)
+  for point, signal_name in (('scoring', None), ('pruning_files', None), ('training:30', None),
+                             ('training:33', 'SIGTERM'), ('checkpoint_save:44', None)):
+    done = run_prune(killed, kill_at=point, signal_name=signal_name)
+    if signal_name == 'SIGTERM':
+      checkpoints = killed / 'pruned' / 'checkpoints'
+      assert done.returncode == 143 and 'Traceback' not in done.stderr, done.stderr[-2000:]
+      assert [line for line in done.stderr.splitlines() if line.startswith('error: ')] == [
+          f'error: stopped by SIGTERM (preempted?); rerun the same command to resume from the last checkpoint (step 33 '
+          f'in {checkpoints}) (set PROSPR_JAX_TRACEBACK=1 for the traceback)']
+      continue
     assert done.returncode == -9, (point, done.stderr[-2000:])
     if point == 'pruning_files':
       assert not (killed / 'mask.npz').exists()  # written last: the pruning step is whole or absent
@@ -272,3 +288,318 @@ def test_an_unset_field_may_be_absent_from_an_older_workdir_but_a_set_one_is_ref
   workdir_lib.check_config(tmp_path, small_config())  # unset: the run it records ran the same way
   with pytest.raises(workdir_lib.WorkdirError, match='conv_column_mib'):
     workdir_lib.check_config(tmp_path, small_config(conv_column_mib=64.0))
+
+
+# Issue 31, 1. A sweep counts a cell only when its recorded config is the sweep's cell config.
+
+def recorded_sweep(workdir, criteria='magnitude'):
+  from prospr_jax import sweep
+  from prospr_jax.sweep import record
+  config = small_config(num_epochs=2)
+  grid = sweep.make_grid(criteria, '0.5', 1)
+  record.record_sweep(workdir, config, grid)
+  return config, grid
+
+
+def write_finished_cell(workdir, cell, config, top1=0.6):
+  """The files a finished run leaves in a cell folder: its recorded config, then its results."""
+  from prospr_jax import files
+  cell_dir = cell.directory(workdir)
+  cell_dir.mkdir(parents=True)
+  files.write_json(cell_dir / 'config.json', config.to_dict())
+  final = {'eval_top1': top1, 'eval_top5': 0.9}
+  files.write_json(cell_dir / 'results.json', {'criterion': cell.criterion, 'sparsity': cell.sparsity,
+                                               'weight_sparsity': cell.sparsity, 'kept_weights': 10,
+                                               'dense' if cell.is_dense else 'pruned': final})
+
+
+def test_a_sweep_refuses_a_cell_trained_with_another_config_naming_the_cell_and_the_field(tmp_path):
+  from prospr_jax import sweep
+  from prospr_jax.sweep import cells as cells_lib
+  config, _ = recorded_sweep(tmp_path)
+  cell = sweep.Cell('magnitude', 0.5, 0)
+  other = sweep.cell_config(config, cell)
+  other.learning_rate = 0.05
+  write_finished_cell(tmp_path, cell, other)
+  refusal = r'magnitude at 50.0% sparsity, seed 0: .*seed_0 holds a run of another config .*learning_rate: 0.05 there'
+  with pytest.raises(cells_lib.ForeignCellError, match=refusal):
+    sweep.aggregate(tmp_path, with_figure=False)
+  with pytest.raises(cells_lib.ForeignCellError, match=refusal):
+    sweep.run_sweep(config, 'magnitude', '0.5', 1, tmp_path)
+  assert not sweep.Cell('dense', 0.0, 0).directory(tmp_path).exists()  # refused before any cell ran
+
+
+def test_a_cell_trained_for_fewer_epochs_is_unfinished_so_it_is_not_aggregated_and_its_command_trains_it_on(tmp_path):
+  """The repro: a 6-epoch sweep's dense cell run by hand for 1 epoch was tabulated as the 6-epoch number."""
+  from prospr_jax import sweep
+  config, grid = recorded_sweep(tmp_path)
+  cell = sweep.Cell('dense', 0.0, 0)
+  short = sweep.cell_config(config, cell)
+  short.num_epochs = 1
+  write_finished_cell(tmp_path, cell, short)
+  sweep.aggregate(tmp_path, with_figure=False)
+  assert (tmp_path / 'results.jsonl').read_text() == ''
+  commands = sweep.pending_commands(config, grid, tmp_path, 'configs/default.py', [])
+  assert any('train.py' in command and str(cell.directory(tmp_path)) in command for command in commands)
+
+
+# 2. Imported rows are checked by value: every key, accuracies in [0, 1], one row per cell.
+
+def import_rows(tmp_path, rows, lines=None):
+  from prospr_jax import sweep
+  from prospr_jax.sweep import record
+  folder = tmp_path / 'results'
+  config, grid = recorded_sweep(folder, criteria='magnitude')
+  text = ''.join(json.dumps(row) + '\n' for row in rows) if lines is None else lines
+  (folder / 'results.jsonl').write_text(text)
+  sweep.import_results(config, grid, folder, tmp_path / 'fresh')
+  return record
+
+
+GOOD_ROW = {'config_hash': '0' * 12, 'criterion': 'magnitude', 'sparsity': 0.5, 'seed': 0, 'kept_weights': 10,
+            'weight_sparsity': 0.5, 'top1': 0.9, 'top5': 1.0, 'cell': 'cells/magnitude/sparsity_0.500/seed_0'}
+
+
+@pytest.mark.parametrize('rows, lines, message', [
+    ([{**GOOD_ROW, 'top1': None}], None, r'row 1 of .* has top1 None .*fractions in \[0, 1\]'),
+    ([{**GOOD_ROW, 'top1': 97.0}], None, r'row 1 of .* has top1 97.0 '),
+    ([GOOD_ROW, {**GOOD_ROW, 'top1': 0.5}], None, r'rows 1 and 2 of .* are both magnitude at 50.0% sparsity'),
+    ([{k: v for k, v in GOOD_ROW.items() if k != 'top5'}], None, r'row 1 of .* lacks top5'),
+    ([], '{"config_hash": "0", "crit\n', r'line 1 of .*results.jsonl is not valid JSON'),
+], ids=['null top-1', 'top-1 in percent', 'duplicate cell', 'missing key', 'garbage line'])
+def test_an_imported_row_with_a_bad_value_is_refused_naming_the_row_and_writes_nothing(tmp_path, rows, lines, message):
+  from prospr_jax import files
+  from prospr_jax.sweep import imported
+  with pytest.raises((imported.ResultsImportError, files.UnreadableFileError), match=message):
+    import_rows(tmp_path, rows, lines)
+  assert not (tmp_path / 'fresh').exists()
+
+
+# 3. A resumed epoch reports the whole epoch.
+
+def test_a_run_resumed_mid_epoch_writes_the_rows_of_an_uninterrupted_run(tmp_path, monkeypatch):
+  config = small_config(num_epochs=1, checkpoint_every_steps=5, mask_path='')
+  experiment.train_and_evaluate(config, tmp_path / 'clean')
+
+  def stop_at_step_8(name, step=None):
+    if name == 'training' and step == 8:
+      raise KeyboardInterrupt
+  monkeypatch.setattr(faults, 'point', stop_at_step_8)
+  with pytest.raises(KeyboardInterrupt):
+    experiment.train_and_evaluate(config, tmp_path / 'stopped')
+  monkeypatch.undo()
+  experiment.train_and_evaluate(config, tmp_path / 'stopped')  # resumes from step 5, mid-epoch
+  strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != 'images_per_second'}
+                        for line in (path / 'metrics.jsonl').read_text().splitlines()]
+  assert strip(tmp_path / 'stopped') == strip(tmp_path / 'clean')
+
+
+# 7. A corrupt or unwritable file ends in one line naming it and the fix; a failed write leaves no temporary file.
+
+def corrupt_results(workdir):
+  from prospr_jax import sweep
+  config, _ = recorded_sweep(workdir)
+  cell = sweep.Cell('magnitude', 0.5, 0)
+  write_finished_cell(workdir, cell, sweep.cell_config(config, cell))
+  (cell.directory(workdir) / 'results.json').write_text('{"criterion": "magn')
+  return cell.directory(workdir) / 'results.json', lambda: sweep.aggregate(workdir, with_figure=False)
+
+
+def results_without_top1(workdir):
+  path, aggregate = corrupt_results(workdir)
+  path.write_text('{"criterion": "magnitude", "pruned": {}}')
+  return path, aggregate
+
+
+def corrupt_sweep_json(workdir):
+  from prospr_jax import sweep
+  recorded_sweep(workdir)
+  (workdir / 'sweep.json').write_text('{"base_config": {}}')
+  return workdir / 'sweep.json', lambda: sweep.aggregate(workdir, with_figure=False)
+
+
+def corrupt_rewind_cache(workdir):
+  from prospr_jax import after_training
+  (workdir / after_training.REWIND_FILE).write_bytes(b'\x93garbage')
+  setup = types.SimpleNamespace(variables={'params': {'w': np.zeros(2, np.float32)}})
+  return workdir / after_training.REWIND_FILE, lambda: after_training.rewind_variables(None, setup, workdir, None)
+
+
+def corrupt_compact_msgpack(workdir):
+  from prospr_jax import compaction, files
+  files.write_json(workdir / compaction.COMPACT_FILE, {'model': 'small_cnn', 'num_classes': 10, 'model_kwargs': {}})
+  (workdir / compaction.VARIABLES_FILE).write_bytes(b'\xc1\xc1')
+  return workdir / compaction.VARIABLES_FILE, lambda: compaction.load_compact(workdir)
+
+
+@pytest.mark.parametrize('corrupt', [corrupt_results, results_without_top1, corrupt_sweep_json, corrupt_rewind_cache,
+                                     corrupt_compact_msgpack], ids=lambda corrupt: corrupt.__name__)
+def test_a_corrupt_file_is_refused_in_one_line_naming_it_and_the_fix(tmp_path, corrupt):
+  from prospr_jax import entry
+  path, read = corrupt(tmp_path)
+  with pytest.raises(ValueError) as refused:
+    read()
+  message, code = entry.failure_of(refused.value, tmp_path)
+  assert code == 2 and '\n' not in message and str(path) in message and ('delete' in message or 'restore' in message)
+
+
+def test_a_corrupt_checkpoint_restored_by_step_is_one_line_naming_it(tmp_path):
+  from prospr_jax import checkpointing, entry
+  checkpointer = checkpointing.Checkpointer(tmp_path)
+  checkpointer.save(3, {'w': jnp.ones(4)}, {'w': jnp.ones(4)}, {'epoch': 1})
+  checkpointer.wait()
+  for path in (tmp_path / '3').rglob('*'):
+    if path.is_file():
+      path.write_bytes(b'')
+  with pytest.raises(checkpointing.CheckpointError) as refused:
+    checkpointer.restore({'w': jnp.zeros(4)}, {'w': jnp.zeros(4)}, step=3)
+  checkpointer.close()
+  message, code = entry.failure_of(refused.value, tmp_path)
+  assert code == 2 and '\n' not in message and f'Checkpoint {tmp_path / "3"} does not restore' in message
+
+
+def test_an_unwritable_file_is_named_and_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+  import errno
+
+  from prospr_jax import files
+  (tmp_path / 'folder.json').mkdir()
+  with pytest.raises(OSError):
+    files.write_json(tmp_path / 'folder.json', {})  # the rename onto a folder fails after the write
+  assert sorted(path.name for path in tmp_path.iterdir()) == ['folder.json']
+
+  def read_only(self, data):
+    raise OSError(errno.EROFS, 'Read-only file system')
+  monkeypatch.setattr(type(files.epath.Path(tmp_path)), 'write_bytes', read_only)
+  with pytest.raises(PermissionError, match=f'{tmp_path / "table.md"} cannot be written .Read-only file system.'):
+    files.write_text(tmp_path / 'table.md', '')
+
+
+def test_a_checkpoint_the_disk_has_no_room_for_is_refused_before_orbax_writes_any_of_it(tmp_path, monkeypatch):
+  import collections
+
+  from prospr_jax import checkpointing, entry
+  checkpointer = checkpointing.Checkpointer(tmp_path)
+  usage = collections.namedtuple('usage', 'total used free')
+  monkeypatch.setattr(checkpointing.shutil, 'disk_usage', lambda path: usage(2**30, 2**30, 1000))
+  with pytest.raises(OSError) as refused:
+    checkpointer.save(1, {'w': jnp.ones(4)}, {'w': jnp.ones(4)}, {'epoch': 1})
+  checkpointer.close()
+  message, code = entry.failure_of(refused.value, tmp_path)
+  assert code == 1 and message.startswith(f'the disk is full (writing {tmp_path}: No space left')
+  assert list(tmp_path.iterdir()) == []
+
+
+# 8. The compact network's files belong to the recorded config.
+
+def test_raising_num_epochs_deletes_the_old_ends_results_before_recording_the_new_config(tmp_path):
+  from prospr_jax import compaction
+  with experiment.claimed(small_config(num_epochs=1), tmp_path):
+    for name in ('results.json', compaction.TRAINED_FILE):
+      (tmp_path / name).write_text('of the 1-epoch run')
+  with experiment.claimed(small_config(num_epochs=2), tmp_path):
+    pass
+  assert json.loads((tmp_path / 'config.json').read_text())['num_epochs'] == 2
+  assert not (tmp_path / 'results.json').exists() and not (tmp_path / compaction.TRAINED_FILE).exists()
+
+
+def test_a_deleted_compact_variables_file_is_rewritten_and_one_of_other_shapes_is_refused(tmp_path):
+  from prospr_jax import compaction, files
+  config = small_config(criterion='magnitude', **{'prune.structured': True, 'prune.sparsity': 0.5,
+                                                  'prune.keep_one_per_layer': True})
+  experiment.prune_and_train(config, tmp_path)
+  (tmp_path / compaction.VARIABLES_FILE).unlink()
+  experiment.prune_and_train(config, tmp_path)
+  model, variables = prospr_jax.load_compact(tmp_path)
+  wider = {**variables, 'params': {**variables['params'], 'Dense_0': {
+      'kernel': np.zeros((99, 10), np.float32), 'bias': np.zeros(10, np.float32)}}}
+  files.write_bytes(tmp_path / compaction.TRAINED_FILE, flax.serialization.msgpack_serialize(wider))
+  with pytest.raises(ValueError, match=f'{tmp_path / compaction.TRAINED_FILE} does not fit the compact network'):
+    prospr_jax.load_compact(tmp_path, trained=True)
+
+
+# 9. Masks are saved as bool, and two leaves of one name are refused.
+
+def test_a_bfloat16_mask_is_saved_as_bool_and_loads_back(tmp_path):
+  params = {'w': jnp.ones((2, 2))}
+  prospr_jax.save_masks(tmp_path / 'mask.npz', {'w': jnp.array([[1, 0], [0, 1]], jnp.bfloat16)})
+  loaded = prospr_jax.load_masks(tmp_path / 'mask.npz', params)
+  assert loaded['w'].dtype == bool and loaded['w'].tolist() == [[True, False], [False, True]]
+
+
+def test_two_leaves_of_one_name_are_refused_not_saved_as_one_mask(tmp_path):
+  with pytest.raises(ValueError, match='two leaves are both named a/b'):
+    prospr_jax.save_masks(tmp_path / 'mask.npz', {'a/b': jnp.ones(2), 'a': {'b': jnp.zeros(2)}})
+  assert not (tmp_path / 'mask.npz').exists()
+
+
+# 10. The lock names its file and its host; a lock held on another host is never taken over.
+
+def test_a_lock_refusal_names_the_lock_file(tmp_path):
+  (tmp_path / '.lock').write_text('1')  # pid 1 lives on every host
+  with pytest.raises(workdir_lib.WorkdirError, match=f'in use by pid 1 .lock file {tmp_path / ".lock"}.*delete'):
+    with workdir_lib.locked(tmp_path):
+      pass
+
+
+def test_a_lock_of_another_host_is_refused_even_when_its_pid_is_dead_here(tmp_path):
+  holder = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+  (tmp_path / '.lock').write_text(f'{holder.stdout.strip()} other-host')  # a pid that no longer runs here
+  with pytest.raises(workdir_lib.WorkdirError, match=f'in use by pid {holder.stdout.strip()} on other-host'):
+    with workdir_lib.locked(tmp_path):
+      pass
+  assert (tmp_path / '.lock').read_text() == f'{holder.stdout.strip()} other-host'
+
+
+# 11. Smaller ones.
+
+@pytest.mark.parametrize('model', ['lenet5', 'vgg16'])
+def test_a_model_too_deep_for_the_input_is_refused_naming_the_input_size(model):
+  from prospr_jax import validation
+  with pytest.raises(validation.ConfigError, match=f"config.model='{model}' is too deep for the 8x8x1 images of "
+                                                   'digits: its output at Conv_.* is empty'):
+    experiment.make_setup(small_config(model=model))
+
+
+def test_all_and_more_criteria_together_name_every_one():
+  from prospr_jax import sweep
+  from prospr_jax.criteria import registry
+  assert sweep.parse_criteria('all,lottery_rewind,snip') == (*registry.UNSTRUCTURED, 'lottery_rewind')
+
+
+def test_a_sparsity_short_of_one_is_never_printed_as_100_percent():
+  from prospr_jax import sparsity, sweep
+  assert sparsity.percent(0.9999) == '99.99%' and sparsity.percent(0.9) == '90.0%' and sparsity.percent(0) == '0.0%'
+  assert str(sweep.Cell('snip', 0.99999, 0)) == 'snip at 99.999% sparsity, seed 0'
+  table = experiment.format_results(small_config(), {'weight_sparsity': 0.9999, 'pruned': {'eval_top1': 0.1,
+                                                                                           'eval_top5': 0.5}})
+  assert '99.99%' in table and '100.0%' not in table
+
+
+def test_a_resumed_cells_time_counts_every_process_that_ran_it(tmp_path, monkeypatch):
+  from prospr_jax import sweep
+  from prospr_jax.sweep import cells as cells_lib
+  config, _ = recorded_sweep(tmp_path)
+  cell = sweep.Cell('magnitude', 0.5, 0)
+  clock = iter([100.0, 130.0, 200.0, 210.0])  # a stopped process of 30 s, then one of 10 s
+  monkeypatch.setattr(cells_lib, 'time', types.SimpleNamespace(perf_counter=lambda: next(clock)))
+
+  def stopped(config, workdir):
+    workdir.mkdir(parents=True)
+    raise KeyboardInterrupt
+  monkeypatch.setattr(cells_lib.experiment, 'prune_and_train', stopped)
+  with pytest.raises(KeyboardInterrupt):
+    cells_lib.run_cell(cell, config, tmp_path)
+  monkeypatch.setattr(cells_lib.experiment, 'prune_and_train', lambda config, workdir: None)
+  assert cells_lib.run_cell(cell, config, tmp_path) == 10.0
+  assert json.loads((cell.directory(tmp_path) / 'cell.json').read_text()) == {'seconds': 40.0}
+
+
+def test_labels_outside_the_classes_are_blamed_on_the_data_and_raw_uint8_images_are_refused():
+  from nets import mlp_problem
+  params, (x, y), loss_fn = mlp_problem()
+  with pytest.raises(ValueError, match=r'labels \(integers in \[0, classes\)\), not inner_lr'):
+    prospr_jax.prospr_saliency(params, (x, y + 1000), loss_fn=loss_fn)
+  with pytest.raises(ValueError, match=r'inputs \(NaN, Inf\)'):
+    prospr_jax.prospr_saliency(params, (x * np.nan, y), loss_fn=loss_fn)
+  with pytest.raises(ValueError, match=r'the inputs are uint8 \(raw pixels\?\): convert them to floats'):
+    prospr_jax.prospr_saliency(params, (x.astype(jnp.uint8), y), loss_fn=loss_fn)

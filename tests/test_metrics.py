@@ -40,3 +40,13 @@ def test_a_resume_drops_rows_past_the_checkpoint_and_no_checkpoint_drops_all(tmp
   writer.truncate_after(0)
   assert writer.rows() == []
   writer.close()
+
+
+def test_a_row_is_in_the_tensorboard_files_when_write_returns_before_any_close(tmp_path):
+  """The epoch's checkpoint is saved right after ``write``: a kill then must not lose the epoch's events."""
+  writer = MetricsWriter(tmp_path)
+  writer.truncate_after(0)
+  writer.write({'epoch': 1, 'step': 10, 'eval_top1': 0.5})
+  assert (10, 'eval_top1', 0.5) in read_scalars(tmp_path)
+  writer.close()
+

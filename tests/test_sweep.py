@@ -129,7 +129,8 @@ def test_budget_stops_between_cells_and_the_resumed_sweep_gives_the_same_table(f
   copy = copy_of(workdir, tmp_path, *removed)
   stopped = sweep.run_sweep(base_config(), CRITERIA, SPARSITIES, SEEDS, copy, budget_minutes=1e-4)
   assert (stopped.ran, stopped.remaining) == (1, 1)  # the first cell runs whole; none starts after the budget
-  assert cells_lib.is_finished(removed[0], copy) and not cells_lib.is_finished(removed[1], copy)
+  assert cells_lib.is_finished(removed[0], copy, base_config()) and not cells_lib.is_finished(removed[1], copy,
+                                                                                               base_config())
   assert '| random | ' in (copy / 'table.md').read_text() and '(n=1)' in (copy / 'table.md').read_text()
   resumed = sweep.run_sweep(base_config(), CRITERIA, SPARSITIES, SEEDS, copy)
   assert (resumed.skipped, resumed.ran, resumed.remaining) == (CELLS - 1, 1, 0)
@@ -203,16 +204,17 @@ def test_cli_refuses_a_changed_base_config_with_one_error_line(finished):
 
 
 def test_a_dense_cell_trained_by_train_py_counts_as_finished(tmp_path):
-  cell = sweep.Cell('dense', 0.0, 0)
+  cell, config = sweep.Cell('dense', 0.0, 0), base_config()
+  config.num_epochs = 2
   cell_dir = cell.directory(tmp_path)
   cell_dir.mkdir(parents=True)
-  (cell_dir / 'config.json').write_text(json.dumps({'num_epochs': 2}))
+  (cell_dir / 'config.json').write_text(json.dumps(sweep.cell_config(config, cell).to_dict()))
   rows = [{'epoch': 1, 'step': 10, 'eval_top1': 0.5, 'eval_top5': 0.9}]
   (cell_dir / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
-  assert not cells_lib.is_finished(cell, tmp_path)
+  assert not cells_lib.is_finished(cell, tmp_path, config)
   rows.append({'epoch': 2, 'step': 20, 'eval_top1': 0.75, 'eval_top5': 0.95})
   (cell_dir / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
-  row = cells_lib.cell_row(cell, tmp_path)
+  row = cells_lib.cell_row(cell, tmp_path, config)
   assert (row['top1'], row['top5'], row['weight_sparsity'], row['cell']) == (0.75, 0.95, 0.0, 'cells/dense/seed_0')
 
 
@@ -370,13 +372,14 @@ def test_importing_the_results_of_another_base_config_is_refused_naming_the_fiel
   assert not (tmp_path / 'fresh').exists()
 
 
-def test_cli_import_of_a_folder_without_results_is_one_error_line(tmp_path):
+def test_cli_import_of_a_folder_without_results_is_one_error_line_and_leaves_no_workdir(tmp_path):
   done = run_python('sweep.py', '--config=configs/default.py', '--config.num_epochs=1', '--config.lr_milestones=()',
                     f'--criteria={CRITERIA}', f'--sparsities={SPARSITIES}', '--seeds=1',
                     f'--workdir={tmp_path / "sweep"}', f'--import_results={tmp_path}', '--print_commands')
   assert done.returncode == 2
   errors = [line for line in done.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'needs both sweep.json and results.jsonl' in errors[0]
+  assert not (tmp_path / 'sweep').exists()  # a refused import leaves no empty workdir behind
 
 
 def test_a_row_is_imported_with_its_recorded_config_even_one_written_before_a_field_was_added(finished, tmp_path):

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 LossFn = scores_lib.LossFn
 
 _DIVERGED = 'The ProsPr inner loop diverged: try a smaller inner_lr (it was {lr}) or fewer steps.'
+_BAD_DATA = ('The loss is already NaN or Inf at the initial weights on batches[0], before any inner step: check the '
+             'inputs (NaN, Inf) and the labels (integers in [0, classes)), not inner_lr.')
 
 
 @functools.lru_cache(maxsize=64)  # one object per setting, so the jitted meta-gradient compiles once
@@ -143,7 +145,12 @@ def prospr_saliency(
       params, batches, loss_fn=loss_fn, inner_lr=inner_lr, inner_momentum=inner_momentum,
       inner_optimizer=inner_optimizer, first_order=first_order, structured=structured, prunable=prunable,
       checkpoint_steps=checkpoint_steps)
-  return scores_lib.normalized_scores(gradient, _DIVERGED.format(lr=inner_lr))
+  try:
+    return scores_lib.normalized_scores(gradient, _DIVERGED.format(lr=inner_lr))
+  except ValueError as error:  # the loss may be NaN before any inner step: then the data are to blame
+    if not scores_lib.is_concrete(batches) or bool(jnp.isfinite(loss_fn(params, scores_lib.batch_at(batches, 0)))):
+      raise
+    raise ValueError(str(error).replace(_DIVERGED.format(lr=inner_lr), _BAD_DATA)) from None
 
 
 def _updates_use_params(optimizer: optax.GradientTransformation, params: ArrayTree) -> bool:

@@ -1,10 +1,13 @@
 """One cell of a sweep: run it as a normal experiment in its own workdir, tell whether it finished, read its row.
 
-A cell is finished when its ``results.json`` exists: ``prune_and_train`` writes
+A cell is finished when its recorded ``config.json`` is the sweep's cell config
+(up to how it runs) and its ``results.json`` exists: ``prune_and_train`` writes
 it last, and the sweep writes one for the dense cell, and one for a cell whose
 criterion empties a layer (layer collapse: recorded as the cell's result). A dense cell trained by
 ``train.py`` (a printed command) has none; it is finished when its
-``metrics.jsonl`` reaches ``num_epochs``.
+``metrics.jsonl`` reaches ``num_epochs``. A cell folder holding a run of another
+config is refused (``ForeignCellError``, naming the cell and the fields), except
+one trained for fewer epochs, which the sweep trains on.
 
 A cell of a reference that prunes after training (``after_training``) starts
 from the finished dense cell of its seed, which the grid runs first; without it
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import math
 import pathlib
@@ -28,16 +30,41 @@ import ml_collections
 
 from prospr_jax import after_training, data, experiment, files, masks as masks_lib, workdir as workdir_lib
 from prospr_jax.models import conv as conv_lib, get_model
-from prospr_jax.sweep.grid import DENSE, Cell
+from prospr_jax.sweep.grid import DENSE, Cell, cell_config
 
-RESULTS_FILE = 'results.json'
+RESULTS_FILE = experiment.RESULTS_FILE
 CELL_FILE = 'cell.json'
 METRICS_FILE = 'metrics.jsonl'
 log = logging.getLogger(__name__)
 
 
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
-  return json.loads(path.read_text()) if path.exists() else {}
+class ForeignCellError(workdir_lib.WorkdirError):
+  """A cell's folder holds a run of another config than the sweep's cell; the message names the cell and fields."""
+
+
+def _rerun(cell_dir: pathlib.Path) -> str:
+  return f'delete {cell_dir} and rerun the sweep to run the cell again'
+
+
+def _read_json(path: pathlib.Path, cell_dir: pathlib.Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+  return files.read_json(path, required=required, fix=_rerun(cell_dir)) if path.exists() else {}
+
+
+def has_sweep_config(cell: Cell, cell_dir: pathlib.Path, base: ml_collections.ConfigDict) -> bool:
+  """Whether the cell's recorded config (if any) is the sweep's cell config up to how it runs; False for one that
+  only trains fewer epochs (the sweep trains it on); ``ForeignCellError`` for any other difference."""
+  recorded = _read_json(cell_dir / workdir_lib.CONFIG_FILE, cell_dir, ('num_epochs',))
+  if not recorded:
+    return True
+  current = cell_config(base, cell).to_dict()
+  fields = [key for key in workdir_lib.differing_fields(recorded, current) if key not in workdir_lib.HOW_TO_RUN]
+  if fields == ['num_epochs'] and recorded['num_epochs'] < current['num_epochs']:
+    return False
+  if fields:
+    raise ForeignCellError(f'{cell}: {cell_dir} holds a run of another config than this sweep\'s cell '
+                           f'({workdir_lib.describe(fields, recorded, current)}); so its result is not this sweep\'s: '
+                           f'{_rerun(cell_dir)} with the sweep\'s config, or run the sweep with that config')
+  return True
 
 
 def _completed_training(cell_dir: pathlib.Path) -> dict[str, Any] | None:
@@ -45,21 +72,32 @@ def _completed_training(cell_dir: pathlib.Path) -> dict[str, Any] | None:
   metrics, config = cell_dir / METRICS_FILE, cell_dir / workdir_lib.CONFIG_FILE
   if not (metrics.exists() and config.exists()):
     return None
-  rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-  return rows[-1] if rows and rows[-1]['epoch'] >= json.loads(config.read_text())['num_epochs'] else None
+  rows = [files.parse_json_line(line, metrics, number, fix=_rerun(cell_dir))
+          for number, line in enumerate(metrics.read_text().splitlines(), 1) if line.strip()]
+  epochs = _read_json(config, cell_dir, ('num_epochs',))['num_epochs']
+  return rows[-1] if rows and rows[-1].get('epoch', 0) >= epochs else None
 
 
-def final_results(cell: Cell, cell_dir: pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-  """``(results, final eval row)`` of a finished cell, None for an unfinished one."""
-  results = _read_json(cell_dir / RESULTS_FILE)
+def final_results(cell: Cell, workdir: pathlib.Path,
+                  base: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+  """``(results, final eval row)`` of a finished cell (None for a collapsed one's row), None for an unfinished one."""
+  cell_dir = cell.directory(workdir)
+  if not has_sweep_config(cell, cell_dir, base):
+    return None
+  results = _read_json(cell_dir / RESULTS_FILE, cell_dir)
   if results:
-    return results, None if results.get('collapsed') else results.get('pruned') or results[DENSE]
+    final = None if results.get('collapsed') else results.get('pruned') or results.get(DENSE)
+    if not results.get('collapsed') and not (isinstance(final, dict) and {'eval_top1', 'eval_top5'} <= set(final)):
+      raise files.UnreadableFileError(f'{cell_dir / RESULTS_FILE} holds no final top-1 and top-5: it is corrupt or '
+                                      f'not a cell\'s results; {_rerun(cell_dir)}')
+    return results, final
   final = _completed_training(cell_dir) if cell.is_dense else None
   return None if final is None else ({'weight_sparsity': 0.0}, final)
 
 
-def is_finished(cell: Cell, workdir: pathlib.Path) -> bool:
-  return final_results(cell, cell.directory(workdir)) is not None
+def is_finished(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict) -> bool:
+  """Whether ``cell`` of the sweep of ``base`` has its final result (refusing a folder of another config)."""
+  return final_results(cell, workdir, base) is not None
 
 
 def config_hash(cell_dir: pathlib.Path) -> str:
@@ -67,19 +105,19 @@ def config_hash(cell_dir: pathlib.Path) -> str:
   return hashlib.sha256((cell_dir / workdir_lib.CONFIG_FILE).read_bytes()).hexdigest()[:12]
 
 
-def cell_row(cell: Cell, workdir: pathlib.Path) -> dict[str, Any] | None:
+def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The ``results.jsonl`` row of a finished cell (accuracies as fractions, times in seconds), else None."""
   cell_dir = cell.directory(workdir)
-  finished = final_results(cell, cell_dir)
+  finished = final_results(cell, workdir, base)
   if finished is None:
     return None
   results, final = finished
   collapse = results.get('collapsed')
   final = final or {'eval_top1': None, 'eval_top5': None}
-  pruning_seconds = _read_json(cell_dir / 'pruning.json').get('seconds')
-  cell_seconds = _read_json(cell_dir / CELL_FILE).get('seconds')
+  pruning_seconds = _read_json(cell_dir / 'pruning.json', cell_dir).get('seconds')
+  cell_seconds = _read_json(cell_dir / CELL_FILE, cell_dir).get('seconds')
   training_seconds = None if cell_seconds is None else cell_seconds - (pruning_seconds or 0.0)
-  recorded = _read_json(cell_dir / workdir_lib.CONFIG_FILE)
+  recorded = _read_json(cell_dir / workdir_lib.CONFIG_FILE, cell_dir)
   prune = recorded.get('prune', {})
   scoring = {} if cell.is_dense else {  # how the mask was computed: precision and convolution
       'precision': prune.get('precision', 'float32'), 'scoring_conv': prune.get('conv_impl') or recorded.get('conv_impl')}
@@ -101,10 +139,10 @@ def prunable_weights(config: ml_collections.ConfigDict) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']) if len(leaf.shape) > 1)
 
 
-def finished_dense_directory(cell: Cell, workdir: pathlib.Path) -> pathlib.Path:
+def finished_dense_directory(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict) -> pathlib.Path:
   """The folder of the dense cell of ``cell``'s seed; ``MissingDenseRun`` (one line) while it is unfinished."""
   dense = Cell(DENSE, 0.0, cell.seed)
-  if not is_finished(dense, workdir):
+  if not is_finished(dense, workdir, base):
     raise after_training.MissingDenseRun(
         f'{cell} prunes the trained dense network of seed {cell.seed}, but the dense cell {dense.directory(workdir)} '
         'has not finished: run it first (sweep.py runs it before the other cells of its seed; printed commands: '
@@ -112,28 +150,32 @@ def finished_dense_directory(cell: Cell, workdir: pathlib.Path) -> pathlib.Path:
   return dense.directory(workdir)
 
 
-def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
-  """Run the cell (resuming what a killed run left), write ``cell.json`` and its results; return its seconds."""
-  cell_dir = cell.directory(workdir)
-  start = time.perf_counter()
-  if cell.is_dense:
-    final = experiment.train_and_evaluate(config, cell_dir)
-    results = {'criterion': DENSE, 'sparsity': 0.0, 'weight_sparsity': 0.0,
-               'kept_weights': prunable_weights(config), DENSE: final}
-  else:
-    try:
-      if after_training.is_reference(cell.criterion):
-        after_training.run_reference(config, cell_dir, finished_dense_directory(cell, workdir))
-      else:
-        experiment.prune_and_train(config, cell_dir)
-      results = None
-    except masks_lib.LayerCollapseError as error:  # a result of the criterion, not a failure of the sweep
-      log.warning('sweep: %s: layer collapse, recorded as such (%s)', cell, error)
-      results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': str(error),
-                 'kept_weights': None, 'weight_sparsity': None}
-  seconds = time.perf_counter() - start
-  if jax.process_index() == 0:
-    files.write_json(cell_dir / CELL_FILE, {'seconds': seconds})
-    if results is not None:
-      files.write_json(cell_dir / RESULTS_FILE, results)  # last: it marks the cell finished
+def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
+  """Run the cell of the sweep of ``base`` (resuming what a stopped run left), write its results; return the
+  seconds of this process. ``cell.json`` holds the seconds of every process that ran the cell, stopped ones too
+  (except one killed outright, which writes nothing)."""
+  cell_dir, config = cell.directory(workdir), cell_config(base, cell)
+  before = _read_json(cell_dir / CELL_FILE, cell_dir).get('seconds') or 0.0
+  start, results = time.perf_counter(), None
+  try:
+    if cell.is_dense:
+      final = experiment.train_and_evaluate(config, cell_dir)
+      results = {'criterion': DENSE, 'sparsity': 0.0, 'weight_sparsity': 0.0,
+                 'kept_weights': prunable_weights(config), DENSE: final}
+    else:
+      try:
+        if after_training.is_reference(cell.criterion):
+          after_training.run_reference(config, cell_dir, finished_dense_directory(cell, workdir, base))
+        else:
+          experiment.prune_and_train(config, cell_dir)
+      except masks_lib.LayerCollapseError as error:  # a result of the criterion, not a failure of the sweep
+        log.warning('sweep: %s: layer collapse, recorded as such (%s)', cell, error)
+        results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': str(error),
+                   'kept_weights': None, 'weight_sparsity': None}
+  finally:
+    seconds = time.perf_counter() - start
+    if jax.process_index() == 0 and cell_dir.is_dir():
+      files.write_json(cell_dir / CELL_FILE, {'seconds': before + seconds})
+  if jax.process_index() == 0 and results is not None:
+    files.write_json(cell_dir / RESULTS_FILE, results)  # last: it marks the cell finished
   return seconds

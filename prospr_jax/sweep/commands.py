@@ -77,5 +77,5 @@ def pending_commands(config: ml_collections.ConfigDict, grid: Grid, workdir: str
   prepare(config, grid, workdir)
   commands = [cell_command(cell, workdir, config_argument, overrides, script_dir=script_dir, python=python,
                            cache_dir=cache_dir)
-              for cell in grid.cells() if not cells_lib.is_finished(cell, workdir)]
+              for cell in grid.cells() if not cells_lib.is_finished(cell, workdir, config)]
   return commands + [aggregate_command(workdir, config_argument, overrides, script_dir=script_dir, python=python)]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from prospr_jax import after_training, paper_numbers
+from prospr_jax import after_training, paper_numbers, sparsity as sparsity_lib
 from prospr_jax.criteria import registry
 
 DENSE = 'dense'
@@ -42,7 +42,7 @@ class Cell:
     return (cells if self.is_dense else cells / sparsity_folder(self.sparsity)) / f'seed_{self.seed}'
 
   def __str__(self) -> str:
-    where = '' if self.is_dense else f' at {100 * self.sparsity:.1f}% sparsity'
+    where = '' if self.is_dense else f' at {sparsity_lib.percent(self.sparsity)} sparsity'
     return f'{self.criterion}{where}, seed {self.seed}'
 
 
@@ -78,10 +78,10 @@ def sparsity_folder(sparsity: float) -> str:
 
 
 def parse_criteria(text: str) -> tuple[str, ...]:
-  """``prospr,snip,lottery_rewind`` or ``all`` (every registered criterion, no reference); unknown names refused."""
-  names = [name.strip() for name in text.split(',') if name.strip()]
-  if names == ['all']:
-    return registry.UNSTRUCTURED
+  """``prospr,snip,lottery_rewind``; ``all`` (every registered unstructured criterion, no reference) alone or in the
+  list (``all,lottery_rewind``); unknown names refused."""
+  items = [item.strip() for item in text.split(',') if item.strip()]
+  names = [name for item in items for name in (registry.UNSTRUCTURED if item == 'all' else (item,))]
   if not names:
     raise ValueError(f'--criteria: name at least one criterion, or all; valid names: {_valid_criteria()}')
   for name in names:

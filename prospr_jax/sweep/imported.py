@@ -29,6 +29,8 @@ from prospr_jax.sweep import cells as cells_lib, record
 from prospr_jax.sweep.grid import DENSE, Cell, Grid, cell_config
 
 ROWS_FILE = 'results.jsonl'
+# What every row must hold (``cells.cell_row`` writes these and the timings, which may be null).
+ROW_KEYS = ('config_hash', 'criterion', 'sparsity', 'seed', 'kept_weights', 'weight_sparsity', 'top1', 'top5')
 IMPORTED_FROM = 'imported_from'
 
 
@@ -51,15 +53,39 @@ def _hash(text: str) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def read_rows(folder: pathlib.Path) -> tuple[dict[str, Any], Grid, list[dict[str, Any]]]:
-  """The folder's recorded base config, grid and rows; a clear error when either file is missing."""
+def read_rows(folder: pathlib.Path) -> tuple[dict[str, Any], Grid, list[tuple[int, Any]]]:
+  """The folder's recorded base config, grid and ``(line number, row)``s; a clear error when a file is missing or a
+  line is no JSON."""
   recorded = record.read_sweep(folder)
   rows_path = folder / ROWS_FILE
   if recorded is None or not rows_path.exists():
     raise ResultsImportError(f'--import_results: {folder} needs both {record.SWEEP_FILE} and {ROWS_FILE} (the files a '
                              'sweep writes in its --workdir, e.g. results/<name>/)')
-  rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+  fix = 'fix or remove that row'
+  rows = [(number, files.parse_json_line(line, rows_path, number, fix=fix))
+          for number, line in enumerate(rows_path.read_text().splitlines(), 1) if line.strip()]
   return recorded[0], recorded[1], rows
+
+
+def check_row(row: Any, number: int, rows_path: pathlib.Path) -> Cell:
+  """The cell of a row that holds every key with a value of its kind; ``ResultsImportError`` naming the row."""
+  where = f'--import_results: row {number} of {rows_path}'
+  if not isinstance(row, dict):
+    raise ResultsImportError(f'{where} is not a JSON object: fix or remove that row')
+  missing = [key for key in ROW_KEYS if key not in row]
+  if missing:
+    raise ResultsImportError(f'{where} lacks {", ".join(missing)}: a sweep writes every one; fix or remove that row')
+  try:
+    cell = Cell(row['criterion'], float(row['sparsity']), int(row['seed']))
+  except (TypeError, ValueError):
+    raise ResultsImportError(f'{where} has no readable criterion, sparsity and seed: fix or remove that row') from None
+  accuracies = {key: row[key] for key in ('top1', 'top5')}
+  fractions = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+                  for v in accuracies.values())
+  if not (fractions or (row.get('collapsed') and all(v is None for v in accuracies.values()))):
+    raise ResultsImportError(f'{where} ({cell}) has top1 {row["top1"]!r} and top5 {row["top5"]!r}: accuracies are '
+                             'fractions in [0, 1] (null only for a collapsed cell); fix or remove that row')
+  return cell
 
 
 def _results_record(cell: Cell, row: dict[str, Any], source: str) -> dict[str, Any]:
@@ -73,11 +99,17 @@ def _results_record(cell: Cell, row: dict[str, Any], source: str) -> dict[str, A
 
 
 def _planned_cells(config: ml_collections.ConfigDict, base: ml_collections.ConfigDict, grid: Grid,
-                   rows: list[dict[str, Any]], folder: pathlib.Path, workdir: pathlib.Path) -> list[tuple[Cell, str, dict[str, Any]]]:
+                   rows: list[tuple[int, Any]], folder: pathlib.Path,
+                   workdir: pathlib.Path) -> list[tuple[Cell, str, dict[str, Any]]]:
   """``(cell, config text, row)`` for every row to write; refuses the whole import on any row that does not fit."""
-  planned, cells = [], set(grid.cells())
-  for number, row in enumerate(rows, 1):
-    cell = Cell(row['criterion'], float(row['sparsity']), int(row['seed']))
+  planned, cells, seen = [], set(grid.cells()), {}
+  for number, row in rows:  # every row's values first: a bad one is named, not its neighbour's hash
+    cell = check_row(row, number, folder / ROWS_FILE)
+    if cell in seen:
+      raise ResultsImportError(f'--import_results: rows {seen[cell]} and {number} of {folder / ROWS_FILE} are both '
+                               f'{cell}: a cell has one row; remove one of them')
+    seen[cell] = number
+  for (number, row), cell in zip(rows, seen):
     if cell not in cells:
       raise ResultsImportError(f'--import_results: row {number} of {folder / ROWS_FILE} is {cell}, not a cell of the '
                                f'sweep in {workdir}: add its criterion, sparsity and seed to the flags')
@@ -95,7 +127,7 @@ def _planned_cells(config: ml_collections.ConfigDict, base: ml_collections.Confi
                                f'other {", ".join(differing)} than this sweep\'s cell; import it with that config')
     cell_dir = cell.directory(workdir)
     recorded = cell_dir / workdir_lib.CONFIG_FILE
-    if not cells_lib.is_finished(cell, workdir) and recorded.exists() and recorded.read_text() != text:
+    if not cells_lib.is_finished(cell, workdir, config) and recorded.exists() and recorded.read_text() != text:
       raise ResultsImportError(f'--import_results: {cell_dir} holds an unfinished run of another config than row '
                                f'{number} of {folder / ROWS_FILE}: delete that folder to import the row, or leave '
                                'the row out')
@@ -122,7 +154,7 @@ def import_results(config: ml_collections.ConfigDict, grid: Grid, folder: str | 
   record.record_sweep(workdir, config, grid)  # only once every row is proven: a refused import writes nothing
   imported = already = 0
   for cell, text, row in planned:
-    if cells_lib.is_finished(cell, workdir):
+    if cells_lib.is_finished(cell, workdir, config):
       already += 1
       continue
     imported += 1

@@ -7,7 +7,6 @@ of the base config differs from the one its finished cells were trained with.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
@@ -29,16 +28,20 @@ def read_sweep(workdir: pathlib.Path) -> tuple[dict[str, Any], Grid] | None:
   path = workdir / SWEEP_FILE
   if not path.exists():
     return None
-  recorded = json.loads(path.read_text())
-  return recorded['base_config'], Grid.from_dict(recorded['grid'])
+  recorded = files.read_json(path, required=('base_config', 'grid'), fix='restore it from where the sweep was '
+                             'committed (results/<name>/sweep.json), or use another --workdir')
+  try:
+    return recorded['base_config'], Grid.from_dict(recorded['grid'])
+  except (KeyError, TypeError, ValueError) as error:
+    raise files.UnreadableFileError(f'{path} holds no readable grid ({type(error).__name__}: {error}): restore it from '
+                                    'where the sweep was committed, or use another --workdir') from None
 
 
 def check_same_base(workdir: pathlib.Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
   """Refuse a base config that would compute other cells, naming each differing field and both values."""
   refused = [key for key in workdir_lib.differing_fields(recorded, current) if key not in workdir_lib.HOW_TO_RUN]
   if refused:
-    old, new = workdir_lib.flatten(recorded), workdir_lib.flatten(current)
-    shown = '; '.join(f'{key}: {old.get(key, "<absent>")!r} there, {new.get(key, "<absent>")!r} now' for key in refused)
+    shown = workdir_lib.describe(refused, recorded, current)
     raise SweepConfigError(f'{workdir} holds a sweep of another base config ({shown}); its cells belong to that '
                            'config. Rerun with that config, or use another --workdir')
 

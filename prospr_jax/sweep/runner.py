@@ -1,18 +1,22 @@
 """Run a sweep: every unfinished cell in turn, resumable, within a wall-clock budget, aggregating as it goes.
 
-Cells run one after another in one process. With JAX's persistent compilation
-cache (``enable_compilation_cache``) a program compiled for one cell is loaded,
-not compiled again, by the next cells (the trainer jits its steps anew for each
-run) and by later processes.
+Cells run one after another in one process. The trainer's compiled steps serve
+every cell of the same model; the criteria's programs, compiled for one cell's
+own loss, are dropped after it (``release_compiled_programs``), so the process's
+memory stays flat over a long sweep. With JAX's persistent compilation cache
+(``enable_compilation_cache``) a program compiled once is loaded, not compiled
+again, by later cells and processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import json
 import logging
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +26,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from prospr_jax import after_training, files, validation
+from prospr_jax import after_training, files, host_memory, validation
 from prospr_jax.sweep import cells as cells_lib, figure, record, table
 from prospr_jax.sweep.grid import Cell, Grid, cell_config, check_base_config, make_grid, parse_cell
 
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = 'results.jsonl'
 MIN_CACHED_COMPILE_SECONDS = 0.5
+JITTED = type(jax.jit(lambda: None))  # what jax.jit returns (it has clear_cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +94,8 @@ def aggregate(workdir: str | pathlib.Path, config: ml_collections.ConfigDict | N
   base, grid = recorded
   if config is not None:
     record.check_same_base(workdir, base, config.to_dict())
-  rows = [row for cell in grid.cells() if (row := cells_lib.cell_row(cell, workdir)) is not None]
+  base_config = ml_collections.ConfigDict(base)
+  rows = [row for cell in grid.cells() if (row := cells_lib.cell_row(cell, workdir, base_config)) is not None]
   if jax.process_index() == 0:
     files.write_text(workdir / RESULTS_FILE, ''.join(files.json_dumps(row) + '\n' for row in rows))
   return write_tables(workdir, base, grid, rows, with_figure=with_figure)
@@ -152,7 +158,7 @@ def run_sweep(config: ml_collections.ConfigDict, criteria: str | Sequence[str],
   grid = make_grid(criteria, sparsities, seeds)
   prepare(config, grid, workdir)
   every = grid.cells()
-  pending = [cell for cell in every if not cells_lib.is_finished(cell, workdir)]
+  pending = [cell for cell in every if not cells_lib.is_finished(cell, workdir, config)]  # refuses foreign cells
   done_before = len(every) - len(pending)
   log.info('sweep: %d cells (%d criteria x %d sparsities x %d seeds, and dense per seed) in %s: %d finished, '
            '%d to run', len(every), len(grid.criteria), len(grid.sparsities), grid.seeds, workdir, done_before,
@@ -191,21 +197,40 @@ def run_only_cell(config: ml_collections.ConfigDict, cell_text: str, workdir: st
     raise ValueError(f'--only_cell: {cell} is not a cell of the sweep in {workdir} (criteria {", ".join(grid.criteria)}'
                      f'; sparsities {", ".join(map(str, grid.sparsities))}; seeds 0 to {grid.seeds - 1})')
   validate_cell_config(cell, cell_config(config, cell))
-  if cells_lib.is_finished(cell, workdir):
+  if cells_lib.is_finished(cell, workdir, config):
     log.info('sweep: %s has finished already (%s)', cell, cell.directory(workdir))
     return None
   if after_training.is_reference(cell.criterion):
-    cells_lib.finished_dense_directory(cell, workdir)  # refused before anything runs while the dense cell runs
+    cells_lib.finished_dense_directory(cell, workdir, config)  # refused before anything runs while dense runs
   return _run_one(cell, config, workdir)
+
+
+def release_compiled_programs() -> None:
+  """Drop the criteria's compiled programs after a cell, and free the heap.
+
+  The criteria's jitted functions take each cell's own loss as a static argument (a closure over that cell's model
+  and variables), so no other cell reuses their programs, yet the caches would keep them, and the closures, for the
+  life of the process: several MiB per cell (``benchmarks/sweep_rss.py``). The trainer's steps, keyed on the model
+  by value, stay compiled for the next cells.
+  """
+  for name, module in list(sys.modules.items()):
+    if name.startswith('prospr_jax.criteria.'):
+      for value in vars(module).values():
+        if isinstance(value, JITTED):
+          value.clear_cache()
+  gc.collect()
+  host_memory.release_freed_heap()
 
 
 def _run_one(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
   try:
-    return cells_lib.run_cell(cell, cell_config(config, cell), workdir)
+    return cells_lib.run_cell(cell, config, workdir)
   except KeyboardInterrupt as interrupt:  # the message must name this cell's checkpoint, not a finished cell's
     raise CellInterrupted(cell.directory(workdir)) from interrupt
   except Exception:
     log.error('sweep: cell %s failed (%s); finished cells are kept, rerunning continues', cell,
               cell.directory(workdir))
     raise
+  finally:
+    release_compiled_programs()
 
