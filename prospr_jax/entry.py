@@ -162,9 +162,9 @@ def remove_if_bare(folder: pathlib.Path | None) -> None:
 def start(config: ml_collections.ConfigDict) -> None:
   """What every entry point does first: deterministic GPU kernels if asked (before JAX starts its backend), join
   the other processes, logging, and the compiler's freed heap handed back (not held beside the run's buffers)."""
-  if flags.FLAGS.is_parsed() and _DETERMINISTIC.value:
+  if config is not None and flags.FLAGS.is_parsed() and _DETERMINISTIC.value:
     config.deterministic = True
-  if config.get('deterministic'):
+  if config is not None and config.get('deterministic'):
     determinism.request_deterministic_ops()
   initialize_distributed()
   configure_logging()
