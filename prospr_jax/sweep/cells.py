@@ -8,7 +8,10 @@ criterion empties a layer (layer collapse: recorded as the cell's result). A den
 
 A cell of a reference that prunes after training (``after_training``) starts
 from the finished dense cell of its seed, which the grid runs first; without it
-the cell is refused, naming the dense cell's folder.
+the cell is refused, naming the dense cell's folder. A cell of the iterative
+reference (``iterative_rewinding``) is one round: it prunes the round before it,
+so it first runs the unfinished rounds below it, each in the cell of its sparsity
+(finished and recorded like any cell, whether the grid shows that sparsity or not).
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prospr_jax import after_training, data, experiment, files, masks as masks_lib, workdir as workdir_lib
+from prospr_jax import (
+  after_training,
+  data,
+  experiment,
+  files,
+  iterative_rewinding,
+  masks as masks_lib,
+  workdir as workdir_lib,
+)
 from prospr_jax.models import conv as conv_lib, get_model
-from prospr_jax.sweep.grid import DENSE, Cell
+from prospr_jax.sweep.grid import DENSE, Cell, cell_config
 
 RESULTS_FILE = 'results.json'
 CELL_FILE = 'cell.json'
@@ -108,9 +119,23 @@ def finished_dense_directory(cell: Cell, workdir: pathlib.Path) -> pathlib.Path:
   return dense.directory(workdir)
 
 
+def previous_round(cell: Cell) -> Cell | None:
+  """The cell of the round an iterative reference's cell prunes further; None for the first round and others."""
+  previous = iterative_rewinding.previous_round_sparsity(cell.sparsity)
+  iterative = after_training.is_iterative(cell.criterion)
+  return Cell(cell.criterion, previous, cell.seed) if iterative and previous is not None else None
+
+
 def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
-  """Run the cell (resuming what a killed run left), write ``cell.json`` and its results; return its seconds."""
+  """Run the cell (resuming what a killed run left), write ``cell.json`` and its results; return its seconds.
+
+  A round of the iterative reference first runs the unfinished rounds before it (each its own cell, its own seconds).
+  """
   cell_dir = cell.directory(workdir)
+  if (previous := previous_round(cell)) is not None and not is_finished(previous, workdir):
+    log.info('sweep: %s prunes the round at %.4f%% sparsity, which has not finished: running it first (%s)', cell,
+             100 * previous.sparsity, previous.directory(workdir))
+    run_cell(previous, cell_config(config, previous), workdir)
   start = time.perf_counter()
   if cell.is_dense:
     final = experiment.train_and_evaluate(config, cell_dir)
@@ -118,7 +143,10 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Pat
                'kept_weights': prunable_weights(config), DENSE: final}
   else:
     try:
-      if after_training.is_reference(cell.criterion):
+      if after_training.is_iterative(cell.criterion):
+        iterative_rewinding.run_round(config, cell_dir, finished_dense_directory(cell, workdir),
+                                      None if previous is None else previous.directory(workdir))
+      elif after_training.is_reference(cell.criterion):
         after_training.run_reference(config, cell_dir, finished_dense_directory(cell, workdir))
       else:
         experiment.prune_and_train(config, cell_dir)
