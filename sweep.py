@@ -5,8 +5,10 @@
 Each cell is a normal prune.py (or, dense, train.py) run in <workdir>/cells/...;
 finished cells are skipped, so rerunning the same command continues a stopped
 sweep; --import_results=results/<name> continues it on another machine. The references of the paper's Figure 2 that prune after training
-(--criteria=...,magnitude_after_training,lottery_rewind) start from the dense
-cell of their seed, which runs first (prospr_jax/after_training.py).
+(--criteria=...,magnitude_after_training,lottery_rewind_one_shot,lottery_rewind_iterative)
+start from the dense cell of their seed, which runs first (prospr_jax/after_training.py);
+the iterative one runs its rounds of 20% as the cells of their sparsities
+(prospr_jax/iterative_rewinding.py).
 Writes results.jsonl, table.md, table.csv and accuracy_vs_sparsity.{png,pdf}.
 """
 
@@ -24,7 +26,8 @@ _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of 
                                           'folder, else to this script\'s); --config.<field>=<value> overrides it.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (default: workdir/<config name>_sweep).')
 _CRITERIA = flags.DEFINE_string('criteria', None, 'Comma-separated criteria (prospr,snip,...), or all (every '
-                                'at-init criterion); magnitude_after_training and lottery_rewind prune after training.')
+                                'at-init criterion); magnitude_after_training, lottery_rewind_one_shot and '
+                                'lottery_rewind_iterative prune after training.')
 _SPARSITIES = flags.DEFINE_string('sparsities', 'paper', 'Comma-separated sparsities in [0, 1), or paper (1 - 0.8^k, '
                                   'k = 1..18: 20.0% ... 98.2%), or both: paper,0.993,0.995.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Number of seeds per cell (seeds 0 to N - 1).')
@@ -35,8 +38,8 @@ _PRINT = flags.DEFINE_bool('print_commands', False, 'Print one shell command per
 _AGGREGATE = flags.DEFINE_bool('aggregate_only', False, 'Only rebuild results.jsonl, the tables and the figure from '
                                'the finished cells.')
 _ONLY_CELL = flags.DEFINE_string('only_cell', None, 'Run just this cell of the sweep recorded in --workdir, given as '
-                                 'criterion,sparsity,seed (lottery_rewind,0.9,0): what --print_commands prints for '
-                                 'the cells that prune after training. Aggregates nothing.')
+                                 'criterion,sparsity,seed (lottery_rewind_iterative,0.9,0): what --print_commands '
+                                 'prints for the cells that prune after training. Aggregates nothing.')
 _IMPORT = flags.DEFINE_string('import_results', None, 'A results folder of this sweep from another machine (its '
                               'sweep.json and results.jsonl, e.g. results/<name>): its rows become finished cells '
                               'here (after checking each was trained with this config), so only the rest run.')

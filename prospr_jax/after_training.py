@@ -1,43 +1,30 @@
-"""Two references that prune AFTER training (the paper's Figure 2, from Frankle et al. 2021), run as sweep cells.
+"""The references that prune AFTER training (the paper's Figure 2, from Frankle et al. 2021), run as sweep cells.
 
-Both start from the trained dense network of the same config and seed (the sweep's dense cell,
-``cells/dense/seed_<n>``, read from its checkpoints) and prune it ONCE (one shot, not iteratively) by global
-magnitude: keep the ``ceil(N * (1 - sparsity))`` largest ``|w|`` of the dense network's FINAL trained weights over
-all prunable weights (kernels, ``ndim > 1``: the set every criterion prunes), with the same layer-collapse handling
-(``LayerCollapseError``, or one weight kept per layer with ``config.prune.keep_one_per_layer``). The pruned network
-is then retrained with the mask given to the trainer as for any criterion, so pruned weights are exactly zero in
-every step. BatchNorm statistics (every non-param collection) come from the same point as the weights.
-
-- ``magnitude_after_training`` (Renda et al. 2020, "Comparing rewinding and fine-tuning in neural network
-  pruning": learning rate rewinding): retrain the masked network starting from the dense network's final trained
-  weights with the full original recipe: ``config.num_epochs`` epochs, the learning-rate schedule from its start,
-  a fresh optimizer state (zero momentum). Renda et al. found that this matches or beats fine-tuning at the final
-  learning rate. One shot: their iterative variant is not run.
-- ``lottery_rewind`` (Frankle et al. 2020, "Linear mode connectivity and the lottery ticket hypothesis": lottery
-  ticket rewinding): the same one-shot mask; the surviving weights are rewound to their values at the end of the
-  dense run's first epoch (the rewind point) and the pruned network is retrained for the remaining
-  ``config.num_epochs - 1`` epochs, the learning-rate schedule (and the data order) continuing from the end of
-  epoch 1, so that the total number of epochs equals the recipe's; fresh optimizer state (zero momentum), its
-  schedule's step count at the rewind point. Frankle et al.'s LTR is iterative (remove 20% of the remaining
-  weights, rewind, retrain, repeat until the sparsity is reached): one full training per round, too costly here.
-  This is ONE-SHOT magnitude pruning with rewinding.
+Each prunes the trained dense network of its config and seed (the sweep's dense cell, from its checkpoints) by
+global magnitude ``|w|`` over the prunable weights (kernels, ``ndim > 1``; layer collapse as ``global_topk_mask``)
+and retrains it with the mask as any cell (same recipe, fresh optimizer state; BatchNorm statistics from the same
+point as the weights). ``magnitude_after_training`` (Renda et al. 2020), one shot: keep the ``ceil(N * (1 -
+sparsity))`` largest ``|w|``, retrain from the trained weights with the whole recipe. ``lottery_rewind_one_shot``
+(Frankle et al. 2020), one shot: the same mask, the kept weights rewound to the dense run's end of epoch 1 and
+retrained for the remaining ``num_epochs - 1`` epochs, schedule and data order going on from there (its former name
+``lottery_rewind`` still runs it, with a FutureWarning). ``lottery_rewind_iterative``, the paper's "LTR after
+training" (``iterative_rewinding``): rounds of 20% of the remaining weights, each rewound and retrained so.
 
 The rewind point is the dense cell's checkpoint at the end of epoch 1 when it kept it (the trainer keeps the last
-two), else it is recomputed by training the dense network of the same seed for one epoch (bit-exact on CPU, where
-the trainer is deterministic; on GPU close, not necessarily bit-exact) and cached in the dense cell's folder
-(``REWIND_FILE``, written atomically) for the next cells of that seed.
-
-``pruning.json``'s seconds (the sweep's ``pruning_seconds``) time the thresholding of the trained weights only: the
-dense training the references start from is the dense cell's, and recomputing the rewind point counts as training.
+two), else the dense network trained again for one epoch (bit-exact on CPU; on GPU close), cached in the dense
+cell's folder (``REWIND_FILE``). ``pruning.json``'s seconds time the thresholding of the trained weights only.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pathlib
 import shutil
 import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -62,8 +49,16 @@ from prospr_jax import (
 log = logging.getLogger(__name__)
 
 MAGNITUDE_AFTER_TRAINING = 'magnitude_after_training'
-LOTTERY_REWIND = 'lottery_rewind'
-REFERENCES: tuple[str, ...] = (MAGNITUDE_AFTER_TRAINING, LOTTERY_REWIND)  # not in the registry: not at-init
+LOTTERY_REWIND_ONE_SHOT = 'lottery_rewind_one_shot'
+LOTTERY_REWIND_ITERATIVE = 'lottery_rewind_iterative'
+REFERENCES: tuple[str, ...] = (MAGNITUDE_AFTER_TRAINING, LOTTERY_REWIND_ONE_SHOT, LOTTERY_REWIND_ITERATIVE)
+LOTTERY_REWIND = 'lottery_rewind'  # the one-shot reference's former name: still runs it, with a FutureWarning
+DEPRECATED: dict[str, str] = {LOTTERY_REWIND: LOTTERY_REWIND_ONE_SHOT}
+DESCRIPTIONS: dict[str, str] = {  # how each prunes the trained dense network, as the tables say it
+    MAGNITUDE_AFTER_TRAINING: 'one shot, retrained from the trained weights',
+    LOTTERY_REWIND_ONE_SHOT: 'one shot, rewound to epoch 1', LOTTERY_REWIND: 'one shot, rewound to epoch 1',
+    LOTTERY_REWIND_ITERATIVE: ('20% of the remaining weights per round (a shorter last round to a sparsity no '
+                               '1 - 0.8^k), rewound to epoch 1 and retrained each round')}
 REWIND_EPOCH = 1
 REWIND_FILE = f'rewind_point_epoch_{REWIND_EPOCH}.msgpack'  # in the dense cell's folder
 REWIND_SCRATCH = 'rewind_point'  # in the reference cell's folder: the one-epoch dense run, removed once cached
@@ -76,7 +71,12 @@ class MissingDenseRun(FileNotFoundError):
 
 def is_reference(criterion: str) -> bool:
   """Whether ``criterion`` names a prune-after-training reference (not an at-initialization criterion)."""
-  return criterion in REFERENCES
+  return criterion in REFERENCES or criterion in DEPRECATED
+
+
+def is_iterative(criterion: str) -> bool:
+  """Whether ``criterion`` prunes in rounds, each the cell of its sparsity, each needing the round before it."""
+  return criterion == LOTTERY_REWIND_ITERATIVE
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -84,6 +84,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not is_reference(config.criterion):
     raise validation.ConfigError(f'config.criterion={config.criterion!r} is not a prune-after-training reference; '
                                  f'those are {", ".join(REFERENCES)}')
+  if config.criterion in DEPRECATED:  # a FutureWarning: users see it
+    warnings.warn(f'{config.criterion} is deprecated: it is the one-shot reference, now '
+                  f"{DEPRECATED[config.criterion]}; the paper's iterative LTR is {LOTTERY_REWIND_ITERATIVE}",
+                  FutureWarning, stacklevel=2)
   at_init = config.copy_and_resolve_references()
   at_init.criterion = 'magnitude'  # the registry knows no reference; everything else is checked as for any cell
   validation.validate_config(at_init)
@@ -93,7 +97,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.distribution == 'global', f'{name} prunes by global magnitude: set config.distribution=global'),
       (config.ablation == 'none', f'{name} is a reference, not an at-init criterion: set config.ablation=none'),
       (config.num_epochs >= 1, f'{name} retrains the pruned network: config.num_epochs must be >= 1'),
-      (name != LOTTERY_REWIND or config.num_epochs > REWIND_EPOCH,
+      (name == MAGNITUDE_AFTER_TRAINING or config.num_epochs > REWIND_EPOCH,
        (f'{name} rewinds to the end of epoch {REWIND_EPOCH} and retrains the remaining epochs: '
         f'config.num_epochs must be >= {REWIND_EPOCH + 1}, got {config.num_epochs}')),
   ]
@@ -194,17 +198,19 @@ def starting_point(config: ml_collections.ConfigDict, setup: experiment.Setup, t
   return rewind_variables(config, setup, dense_dir, scratch), REWIND_EPOCH * steps_per_epoch
 
 
-def prune_trained(config: ml_collections.ConfigDict, setup: experiment.Setup, trained: ArrayTree,
+MaskOf = Callable[[ArrayTree], ArrayTree]  # trained params -> the cell's mask
+
+
+def prune_trained(config: ml_collections.ConfigDict, setup: experiment.Setup, trained: ArrayTree, mask_of: MaskOf,
                   workdir: pathlib.Path) -> ArrayTree:
-  """The cell's mask: its ``mask.npz`` if written, else the magnitude mask of ``trained``, written as pruning does."""
+  """The cell's mask: its ``mask.npz`` if written, else ``mask_of`` the trained params, written as pruning does."""
   path = workdir / 'mask.npz'
   if path.exists():  # written last by this step, under this same config (check_config)
     log.info('Using the mask already in %s', path)
     return masks_lib.load_masks(path, setup.variables['params'])
   start = time.perf_counter()
   params = jax.device_get(trained['params'])
-  mask = jax.device_get(magnitude_mask(params, config.prune.sparsity,
-                                       keep_one_per_layer=config.prune.keep_one_per_layer))
+  mask = jax.device_get(mask_of(params))
   seconds = time.perf_counter() - start
   report, weights = pruned_network.mask_reports(setup.model, params, mask, False)
   log.info('%s: pruned the trained weights to %.2f%% density in %.2f s:\n%s', config.criterion, 100 * report.density,
@@ -214,19 +220,20 @@ def prune_trained(config: ml_collections.ConfigDict, setup: experiment.Setup, tr
   return mask
 
 
-def run_reference(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                  dense_dir: str | pathlib.Path) -> dict[str, Any]:
-  """Prune the trained dense network in ``dense_dir`` once, retrain it per ``config.criterion``, report; resumable.
+def run_reference(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, dense_dir: str | pathlib.Path,
+                  pruned_from: Callable[[experiment.Setup], tuple[ArrayTree, MaskOf]] | None = None) -> dict[str, Any]:
+  """Prune a trained network, retrain it per ``config.criterion``, report; resumable (from ``pruned/``'s checkpoints).
 
-  Writes what ``experiment.prune_and_train`` writes (``mask.npz`` and the pruning files, ``pruned/`` with its
-  checkpoints and metrics, ``results.json`` last); a rerun resumes from the newest checkpoint of ``pruned/``.
-  """
+  ``pruned_from(setup)``: the trained variables and how to mask them (default: the dense network in ``dense_dir``,
+  one-shot magnitude). Writes ``experiment.prune_and_train``'s files, ``results.json`` last."""
   workdir, dense_dir = pathlib.Path(workdir), pathlib.Path(dense_dir)
+  if is_iterative(config.criterion) and pruned_from is None:
+    raise ValueError(f'{config.criterion} prunes in rounds: run it with iterative_rewinding.run_round')
   with experiment.claimed(config, workdir, validate=validate_config):
     check_dense_config(config, dense_dir)
     setup = experiment.make_setup(config)
-    trained = trained_variables(config, setup, dense_dir)
-    mask = prune_trained(config, setup, trained, workdir)
+    trained, mask_of = (pruned_from or functools.partial(_one_shot, config, dense_dir))(setup)
+    mask = prune_trained(config, setup, trained, mask_of, workdir)
     variables, start_step = starting_point(config, setup, trained, dense_dir, workdir / REWIND_SCRATCH)
     results = experiment.mask_results(config, setup, mask)
     results['pruned'] = trainer.train(config, setup, mask, workdir / 'pruned', title=f'{config.criterion} pruned',
@@ -235,3 +242,9 @@ def run_reference(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
       files.write_json(workdir / 'results.json', results)
       print(experiment.format_results(config, results), flush=True)
     return results
+
+
+def _one_shot(config: ml_collections.ConfigDict, dense_dir: pathlib.Path,
+              setup: experiment.Setup) -> tuple[ArrayTree, MaskOf]:
+  return trained_variables(config, setup, dense_dir), functools.partial(
+      magnitude_mask, sparsity=config.prune.sparsity, keep_one_per_layer=config.prune.keep_one_per_layer)

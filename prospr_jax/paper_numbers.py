@@ -7,7 +7,8 @@ Only rows with all 18 values are kept (the extracted text lost the others);
 criteria carry our registry names, and the two references that prune after
 training carry the sweep's names for them (``after_training.REFERENCES``):
 "Magnitude after Training" is ``magnitude_after_training``, "LTR after Training"
-``lottery_rewind``.
+(iterative lottery ticket rewinding, 20% per round) ``lottery_rewind_iterative``;
+the one-shot ``lottery_rewind_one_shot`` has no number of the paper.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ PAPER_TOP1: dict[tuple[str, str], dict[str, tuple[tuple[float, float], ...]]] = 
         ),
     },
     ('vgg16', 'cifar10'): {
-        'lottery_rewind': (
+        'lottery_rewind_iterative': (
             (93.5, 0.1), (93.6, 0.1), (93.6, 0.1), (93.6, 0.1), (93.8, 0.1), (93.6, 0.1),
             (93.6, 0.1), (93.8, 0.1), (93.8, 0.1), (93.7, 0.1), (93.7, 0.1), (93.8, 0.1),
             (93.5, 0.2), (93.4, 0.1), (93.2, 0.1), (93.0, 0.2), (92.7, 0.1), (92.1, 0.4),

@@ -22,8 +22,8 @@ from prospr_jax import (
 from prospr_jax.criteria import registry
 from prospr_jax.sweep import figure, grid as grid_lib, table
 
-CRITERIA, SPARSITY = 'magnitude_after_training,lottery_rewind', 0.9
-MAT, LTR = sweep.Cell('magnitude_after_training', SPARSITY, 0), sweep.Cell('lottery_rewind', SPARSITY, 0)
+CRITERIA, SPARSITY = 'magnitude_after_training,lottery_rewind_one_shot', 0.9
+MAT, LTR = sweep.Cell('magnitude_after_training', SPARSITY, 0), sweep.Cell('lottery_rewind_one_shot', SPARSITY, 0)
 DENSE = sweep.Cell('dense', 0.0, 0)
 
 
@@ -31,7 +31,7 @@ def base_config():
   from configs import default
   config = default.get_config()
   config.num_epochs = 2
-  config.lr_milestones = (1,)  # the learning rate drops after epoch 1: lottery_rewind must go on from the drop
+  config.lr_milestones = (1,)  # the learning rate drops after epoch 1: lottery_rewind_one_shot must go on from the drop
   return config
 
 
@@ -118,7 +118,7 @@ def test_the_mask_is_the_global_magnitude_top_k_of_the_trained_dense_weights(swe
   kept, pruned = np.concatenate(kept), np.concatenate(pruned)
   assert kept.size == masks_lib.num_to_keep(total, SPARSITY) and kept.min() > pruned.max()  # global top-k
   rows = {row['criterion']: row for row in map(json.loads, (workdir / 'results.jsonl').read_text().splitlines())}
-  assert rows['magnitude_after_training']['kept_weights'] == rows['lottery_rewind']['kept_weights'] == kept.size
+  assert rows['magnitude_after_training']['kept_weights'] == rows['lottery_rewind_one_shot']['kept_weights'] == kept.size
 
 
 def test_magnitude_after_training_retrains_from_the_trained_weights_with_the_whole_schedule(swept, setup, steps):
@@ -131,7 +131,7 @@ def test_magnitude_after_training_retrains_from_the_trained_weights_with_the_who
   assert [(row['epoch'], row['learning_rate']) for row in metrics(workdir, MAT)] == [(1, 0.1), (2, pytest.approx(0.01))]
 
 
-def test_lottery_rewind_starts_from_epoch_1_of_an_independent_dense_run(swept, one_epoch, steps):
+def test_lottery_rewind_one_shot_starts_from_epoch_1_of_an_independent_dense_run(swept, one_epoch, steps):
   workdir, _, starts = swept
   variables, start_step = starts[LTR.directory(workdir) / 'pruned']
   assert start_step == steps  # the schedule and the data order go on from the end of epoch 1
@@ -168,19 +168,22 @@ def test_pruned_weights_are_exactly_zero_at_the_end(swept, setup, steps):
 def test_the_sweep_tabulates_and_plots_the_references_apart_from_the_at_init_criteria(swept):
   workdir = swept[0]
   rows = {row['criterion']: row for row in map(json.loads, (workdir / 'results.jsonl').read_text().splitlines())}
-  for name in ('magnitude_after_training', 'lottery_rewind'):
+  for name in ('magnitude_after_training', 'lottery_rewind_one_shot'):
     row = rows[name]
     assert row['cell'] == f'cells/{name}/sparsity_0.900/seed_0' and 0 <= row['top1'] <= 1
     assert row['pruning_seconds'] > 0 and row['training_seconds'] > 0
     assert row['weight_sparsity'] == pytest.approx(SPARSITY, abs=1e-3)
   markdown = (workdir / 'table.md').read_text()
-  assert '| magnitude_after_training | ' in markdown and '| lottery_rewind | ' in markdown
-  assert 'Pruned after training (references: one-shot magnitude pruning of the trained dense network' in markdown
+  assert '| magnitude_after_training | ' in markdown and '| lottery_rewind_one_shot | ' in markdown
+  assert ('Pruned after training (references: magnitude pruning of the trained dense network of each seed, not at '
+          'initialization): magnitude_after_training (one shot, retrained from the trained weights); '
+          'lottery_rewind_one_shot (one shot, rewound to epoch 1).') in markdown
   base, grid = sweep.record.read_sweep(workdir)
   fig = figure.draw_figure(sweep.aggregate(workdir, with_figure=False), grid, base)
   lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-  assert lines['lottery_rewind (after training)'].get_linestyle() == '--'
-  assert list(lines['lottery_rewind (after training)'].get_ydata()) == [100 * rows['lottery_rewind']['top1']]
+  assert lines['lottery_rewind_one_shot (after training)'].get_linestyle() == '--'
+  assert list(lines['lottery_rewind_one_shot (after training)'].get_ydata()) == [
+      100 * rows['lottery_rewind_one_shot']['top1']]
 
 
 def test_a_rerun_skips_finished_cells_and_a_killed_cell_resumes_from_its_checkpoint(swept, steps, tmp_path, caplog):
@@ -206,13 +209,13 @@ def test_a_rerun_skips_finished_cells_and_a_killed_cell_resumes_from_its_checkpo
 
 def test_a_reference_cell_is_refused_in_one_line_until_the_dense_cell_of_its_seed_has_finished(tmp_path):
   overrides = ['--config.num_epochs=2', '--config.lr_milestones=(1,)']
-  printed = sweep.pending_commands(base_config(), sweep.make_grid('lottery_rewind', '0.9', 1), tmp_path,
+  printed = sweep.pending_commands(base_config(), sweep.make_grid('lottery_rewind_one_shot', '0.9', 1), tmp_path,
                                    'configs/default.py', overrides)
   assert printed[0].startswith('python train.py ') and printed[2].endswith('--aggregate_only')
   assert printed[1] == ('python sweep.py --config configs/default.py --config.num_epochs=2 '
-                        f"'--config.lr_milestones=(1,)' --workdir {tmp_path} --only_cell=lottery_rewind,0.9,0")
+                        f"'--config.lr_milestones=(1,)' --workdir {tmp_path} --only_cell=lottery_rewind_one_shot,0.9,0")
   with pytest.raises(after_training.MissingDenseRun) as refusal:
-    sweep.run_only_cell(base_config(), 'lottery_rewind,0.9,0', tmp_path)
+    sweep.run_only_cell(base_config(), 'lottery_rewind_one_shot,0.9,0', tmp_path)
   message = str(refusal.value)
   assert '\n' not in message and f'the dense cell {DENSE.directory(tmp_path)} has not finished' in message
   assert not (LTR.directory(tmp_path) / 'results.json').exists()
@@ -221,15 +224,16 @@ def test_a_reference_cell_is_refused_in_one_line_until_the_dense_cell_of_its_see
 
 
 def test_the_references_are_criteria_of_the_sweep_only_and_refuse_what_they_cannot_run():
-  assert sweep.parse_criteria('snip,lottery_rewind,magnitude_after_training') == (
-      'snip', 'lottery_rewind', 'magnitude_after_training')
+  assert sweep.parse_criteria('snip,lottery_rewind_one_shot,magnitude_after_training,lottery_rewind_iterative') == (
+      'snip', 'lottery_rewind_one_shot', 'magnitude_after_training', 'lottery_rewind_iterative')
   assert sweep.parse_criteria('all') == registry.UNSTRUCTURED  # at-init, unstructured criteria only
   assert not set(after_training.REFERENCES) & set(registry.CRITERIA)
   one_epoch = base_config()
   one_epoch.num_epochs, one_epoch.lr_milestones = 1, ()
   sweep.validate_sweep(one_epoch, sweep.make_grid('magnitude_after_training', '0.9', 1))
-  with pytest.raises(validation.ConfigError, match='lottery_rewind rewinds to the end of epoch 1.*must be >= 2, got 1'):
-    sweep.validate_sweep(one_epoch, sweep.make_grid('lottery_rewind', '0.9', 1))
+  for name in ('lottery_rewind_one_shot', 'lottery_rewind_iterative'):
+    with pytest.raises(validation.ConfigError, match=f'{name} rewinds to the end of epoch 1.*must be >= 2, got 1'):
+      sweep.validate_sweep(one_epoch, sweep.make_grid(name, '0.9', 1))
   structured = base_config()
   structured.prune.structured = True
   with pytest.raises(validation.ConfigError, match='prunes single weights'):
@@ -247,10 +251,12 @@ def test_a_dense_run_of_another_recipe_is_refused_naming_the_fields(tmp_path):
   after_training.check_dense_config(config, tmp_path)
 
 
-def test_the_table_shows_the_papers_numbers_of_the_references():
-  grid = grid_lib.Grid(('magnitude_after_training', 'lottery_rewind'), (sweep.PAPER_SPARSITIES[0],), 1)
-  summaries = {('lottery_rewind', grid.sparsities[0]): table.Summary(93.0, None, 1)}
+def test_the_table_shows_the_papers_numbers_beside_the_reference_they_belong_to():
+  grid = grid_lib.Grid(('magnitude_after_training', 'lottery_rewind_one_shot', 'lottery_rewind_iterative'),
+                       (sweep.PAPER_SPARSITIES[0],), 1)
+  summaries = {(name, grid.sparsities[0]): table.Summary(93.0, None, 1) for name in grid.criteria}
   vgg = table.table_markdown(summaries, grid, {'model': 'vgg16', 'dataset': 'cifar10', 'num_epochs': 160})
-  assert '| lottery_rewind | 93.00 (n=1) [paper: 93.5 ± 0.1] |' in vgg
+  assert '| lottery_rewind_iterative | 93.00 (n=1) [paper: 93.5 ± 0.1] |' in vgg  # the paper's LTR is iterative
+  assert '| lottery_rewind_one_shot | 93.00 (n=1) |' in vgg
   resnet = table.table_markdown({}, grid, {'model': 'resnet20', 'dataset': 'cifar10', 'num_epochs': 160})
   assert '| magnitude_after_training | — [paper: 92.2 ± 0.3] |' in resnet

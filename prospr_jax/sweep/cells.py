@@ -11,7 +11,10 @@ one trained for fewer epochs, which the sweep trains on.
 
 A cell of a reference that prunes after training (``after_training``) starts
 from the finished dense cell of its seed, which the grid runs first; without it
-the cell is refused, naming the dense cell's folder.
+the cell is refused, naming the dense cell's folder. A cell of the iterative
+reference (``iterative_rewinding``) is one round: it prunes the round before it,
+so it first runs the unfinished rounds below it, each in the cell of its sparsity
+(finished and recorded like any cell, whether the grid shows that sparsity or not).
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prospr_jax import after_training, data, experiment, files, masks as masks_lib, workdir as workdir_lib
+from prospr_jax import (
+  after_training,
+  data,
+  experiment,
+  files,
+  iterative_rewinding,
+  masks as masks_lib,
+  workdir as workdir_lib,
+)
 from prospr_jax.models import conv as conv_lib, get_model
 from prospr_jax.sweep.grid import DENSE, Cell, cell_config
 
@@ -150,11 +161,23 @@ def finished_dense_directory(cell: Cell, workdir: pathlib.Path, base: ml_collect
   return dense.directory(workdir)
 
 
+def previous_round(cell: Cell) -> Cell | None:
+  """The cell of the round an iterative reference's cell prunes further; None for the first round and others."""
+  previous = iterative_rewinding.previous_round_sparsity(cell.sparsity)
+  iterative = after_training.is_iterative(cell.criterion)
+  return Cell(cell.criterion, previous, cell.seed) if iterative and previous is not None else None
+
+
 def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path) -> float:
   """Run the cell of the sweep of ``base`` (resuming what a stopped run left), write its results; return the
   seconds of this process. ``cell.json`` holds the seconds of every process that ran the cell, stopped ones too
-  (except one killed outright, which writes nothing)."""
+  (except one killed outright, which writes nothing). A round of the iterative reference first runs the unfinished
+  rounds before it (each its own cell, its own seconds)."""
   cell_dir, config = cell.directory(workdir), cell_config(base, cell)
+  if (previous := previous_round(cell)) is not None and not is_finished(previous, workdir, base):
+    log.info('sweep: %s prunes the round at %.4f%% sparsity, which has not finished: running it first (%s)', cell,
+             100 * previous.sparsity, previous.directory(workdir))
+    run_cell(previous, base, workdir)
   before = _read_json(cell_dir / CELL_FILE, cell_dir).get('seconds') or 0.0
   start, results = time.perf_counter(), None
   try:
@@ -164,7 +187,10 @@ def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path)
                  'kept_weights': prunable_weights(config), DENSE: final}
     else:
       try:
-        if after_training.is_reference(cell.criterion):
+        if after_training.is_iterative(cell.criterion):
+          iterative_rewinding.run_round(config, cell_dir, finished_dense_directory(cell, workdir, base),
+                                        None if previous is None else previous.directory(workdir))
+        elif after_training.is_reference(cell.criterion):
           after_training.run_reference(config, cell_dir, finished_dense_directory(cell, workdir, base))
         else:
           experiment.prune_and_train(config, cell_dir)

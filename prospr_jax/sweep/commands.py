@@ -3,11 +3,14 @@
 A pruned cell is ``prune.py`` and a dense cell ``train.py``, each with the
 user's ``--config`` and overrides followed by the cell's own (the last one wins),
 in the cell's workdir: the same config, so the same cell, as the sweep runs.
-A cell of a reference that prunes after training (``lottery_rewind``,
-``magnitude_after_training``) has no script of its own: it is
-``sweep.py ... --only_cell=<criterion>,<sparsity>,<seed>``, which runs that one
+A cell of a reference that prunes after training (``magnitude_after_training``,
+``lottery_rewind_one_shot``, ``lottery_rewind_iterative``) has no script of its own:
+it is ``sweep.py ... --only_cell=<criterion>,<sparsity>,<seed>``, which runs that one
 cell of the recorded sweep; it needs its seed's dense cell finished first
 (refused, naming it, otherwise), so start it after that ``train.py`` command.
+A cell of ``lottery_rewind_iterative`` also runs the unfinished rounds below it
+(each its own cell): run one seed's iterative cells one after another (two
+commands running the same round are refused: its folder is locked).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Sparsities are rounded to 6 decimals (the paper's ``1 - 0.8**k`` move by less
 than 1e-6), so a cell's folder name, its printed command and its recorded config
 all hold the same number.
 
-Criteria are the registry's (pruning at initialization) and the two references
+Criteria are the registry's (pruning at initialization) and the references
 that prune the trained dense network of the same seed (``after_training.REFERENCES``);
 ``all`` is the registry's unstructured criteria alone (not 3SP, which is structured only).
 """
@@ -78,8 +78,8 @@ def sparsity_folder(sparsity: float) -> str:
 
 
 def parse_criteria(text: str) -> tuple[str, ...]:
-  """``prospr,snip,lottery_rewind``; ``all`` (every registered unstructured criterion, no reference) alone or in the
-  list (``all,lottery_rewind``); unknown names refused."""
+  """``prospr,snip,lottery_rewind_iterative``; ``all`` (every registered unstructured criterion, no reference) alone or in the
+  list (``all,lottery_rewind_iterative``); unknown names refused."""
   items = [item.strip() for item in text.split(',') if item.strip()]
   names = [name for item in items for name in (registry.UNSTRUCTURED if item == 'all' else (item,))]
   if not names:
@@ -98,14 +98,14 @@ def _valid_criteria() -> str:
 
 
 def parse_cell(text: str) -> Cell:
-  """``lottery_rewind,0.9,0`` (criterion, sparsity, seed; ``dense,0,0`` for the dense cell) as a Cell."""
+  """``lottery_rewind_iterative,0.9,0`` (criterion, sparsity, seed; ``dense,0,0`` for the dense cell) as a Cell."""
   parts = [part.strip() for part in text.split(',')]
   try:
     criterion, sparsity, seed = parts
     cell = Cell(criterion, 0.0 if criterion == DENSE else round(float(sparsity), 6), int(seed))
   except ValueError:
-    raise ValueError(f'--only_cell: cannot read {text!r}; give criterion,sparsity,seed like lottery_rewind,0.9,0 '
-                     '(dense,0,0 for the dense cell of seed 0)') from None
+    raise ValueError(f'--only_cell: cannot read {text!r}; give criterion,sparsity,seed like '
+                     'lottery_rewind_iterative,0.9,0 (dense,0,0 for the dense cell of seed 0)') from None
   return cell
 
 

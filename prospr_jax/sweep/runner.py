@@ -183,8 +183,8 @@ def run_sweep(config: ml_collections.ConfigDict, criteria: str | Sequence[str],
 
 
 def run_only_cell(config: ml_collections.ConfigDict, cell_text: str, workdir: str | pathlib.Path) -> float | None:
-  """``--only_cell``: run one cell (``lottery_rewind,0.9,0``) of the sweep recorded in ``workdir``; its seconds, or
-  None when it had finished. Nothing is aggregated: the printed ``--aggregate_only`` command does that."""
+  """``--only_cell``: run one cell (``lottery_rewind_iterative,0.9,0``) of the sweep recorded in ``workdir``; its
+  seconds, or None when it had finished. Nothing is aggregated: the printed ``--aggregate_only`` command does that."""
   workdir = pathlib.Path(workdir)
   recorded = record.read_sweep(workdir)
   if recorded is None:

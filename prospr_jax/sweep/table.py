@@ -2,7 +2,7 @@
 
 The tables follow the paper's appendix B (Tables 3-5): criteria as rows,
 sparsities as columns, and beside our number the paper's where it has one
-(for the references that prune after training too: ``magnitude_after_training``, ``lottery_rewind``).
+(for the references that prune after training too: ``magnitude_after_training``, ``lottery_rewind_iterative``).
 Means and standard deviations are in %, the standard deviation the sample one
 (ddof = 1), absent for a single seed. A seed whose mask emptied a layer (layer
 collapse) is a result of the criterion: it counts at chance accuracy (100 /
@@ -94,8 +94,8 @@ def title(config: dict[str, Any], grid: Grid) -> str:
 def _references_note(grid: Grid) -> str:
   """A sentence naming the grid's references that prune after training, or nothing."""
   names = [c for c in grid.criteria if after_training.is_reference(c)]
-  return (' Pruned after training (references: one-shot magnitude pruning of the trained dense network of each seed, '
-          f'not at initialization): {", ".join(names)}.') if names else ''
+  return (' Pruned after training (references: magnitude pruning of the trained dense network of each seed, not at '
+          f'initialization): {"; ".join(f"{c} ({after_training.DESCRIPTIONS[c]})" for c in names)}.') if names else ''
 
 
 def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
