@@ -79,6 +79,8 @@ def check_row(row: Any, number: int, rows_path: pathlib.Path) -> Cell:
     cell = Cell(row['criterion'], float(row['sparsity']), int(row['seed']))
   except (TypeError, ValueError):
     raise ResultsImportError(f'{where} has no readable criterion, sparsity and seed: fix or remove that row') from None
+  if not isinstance(row.get('cell', ''), str):
+    raise ResultsImportError(f'{where} ({cell}) has cell {row["cell"]!r}, not a folder name: fix or remove that row')
   accuracies = {key: row[key] for key in ('top1', 'top5')}
   fractions = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
                   for v in accuracies.values())

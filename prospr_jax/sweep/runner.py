@@ -173,6 +173,7 @@ def run_sweep(config: ml_collections.ConfigDict, criteria: str | Sequence[str],
     number = done_before + len(seconds) + 1
     log.info('sweep: cell %d of %d: %s (%s)', number, len(every), cell, cell.directory(workdir))
     seconds.append(_run_one(cell, config, workdir))
+    release_compiled_programs()
     aggregate(workdir, with_figure=False)
     _log_progress(number, len(every), seconds, time.perf_counter() - start, len(pending) - len(seconds))
   aggregate(workdir)
@@ -206,7 +207,7 @@ def run_only_cell(config: ml_collections.ConfigDict, cell_text: str, workdir: st
 
 
 def release_compiled_programs() -> None:
-  """Drop the criteria's compiled programs after a cell, and free the heap.
+  """After a cell: drop the criteria's compiled programs, and free the heap.
 
   The criteria's jitted functions take each cell's own loss as a static argument (a closure over that cell's model
   and variables), so no other cell reuses their programs, yet the caches would keep them, and the closures, for the
@@ -231,6 +232,4 @@ def _run_one(cell: Cell, config: ml_collections.ConfigDict, workdir: pathlib.Pat
     log.error('sweep: cell %s failed (%s); finished cells are kept, rerunning continues', cell,
               cell.directory(workdir))
     raise
-  finally:
-    release_compiled_programs()
 
