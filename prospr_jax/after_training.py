@@ -57,8 +57,8 @@ DEPRECATED: dict[str, str] = {LOTTERY_REWIND: LOTTERY_REWIND_ONE_SHOT}
 DESCRIPTIONS: dict[str, str] = {  # how each prunes the trained dense network, as the tables say it
     MAGNITUDE_AFTER_TRAINING: 'one shot, retrained from the trained weights',
     LOTTERY_REWIND_ONE_SHOT: 'one shot, rewound to epoch 1', LOTTERY_REWIND: 'one shot, rewound to epoch 1',
-    LOTTERY_REWIND_ITERATIVE: ('20% of the remaining weights per round (a shorter last round to a sparsity no '
-                               '1 - 0.8^k), rewound to epoch 1 and retrained each round')}
+    LOTTERY_REWIND_ITERATIVE: ('iterative, 20% of the remaining weights per round, each rewound to epoch 1 and '
+                               'retrained; a sparsity off 1 - 0.8^k ends with one shorter round')}
 REWIND_EPOCH = 1
 REWIND_FILE = f'rewind_point_epoch_{REWIND_EPOCH}.msgpack'  # in the dense cell's folder
 REWIND_SCRATCH = 'rewind_point'  # in the reference cell's folder: the one-epoch dense run, removed once cached
