@@ -12,7 +12,7 @@ PROSPR_JAX_TRACEBACK=1 to see the traceback too.
 from absl import app, flags
 from ml_collections import config_flags
 
-from prospr_jax import entry, flag_parsing
+from prospr_jax.harness import entry, experiment, flag_parsing
 
 _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Experiment config file (relative to the current folder, '
                                    'else to this script\'s).')
@@ -22,7 +22,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Output folder (default: workdir
 def main(argv):
   del argv
   config_filename = config_flags.get_config_filename(flags.FLAGS['config'])
-  entry.run(_CONFIG.value, _WORKDIR.value, config_filename, 'prune_and_train')
+  entry.run(_CONFIG.value, _WORKDIR.value, config_filename, experiment.prune_and_train)
 
 
 if __name__ == '__main__':

@@ -6,9 +6,9 @@ Each cell is a normal prune.py (or, dense, train.py) run in <workdir>/cells/...;
 finished cells are skipped, so rerunning the same command continues a stopped
 sweep; --import_results=results/<name> continues it on another machine. The references of the paper's Figure 2 that prune after training
 (--criteria=...,magnitude_after_training,lottery_rewind_one_shot,lottery_rewind_iterative)
-start from the dense cell of their seed, which runs first (prospr_jax/after_training.py);
+start from the dense cell of their seed, which runs first (prospr_jax/sweep/after_training.py);
 the iterative one runs its rounds of 20% as the cells of their sparsities
-(prospr_jax/iterative_rewinding.py).
+(prospr_jax/sweep/iterative_rewinding.py).
 Writes results.jsonl, table.md, table.csv and accuracy_vs_sparsity.{png,pdf}.
 """
 
@@ -20,7 +20,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from prospr_jax import entry, flag_parsing, sweep
+from prospr_jax import sweep
+from prospr_jax.harness import entry, flag_parsing
 
 _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of every cell (relative to the current '
                                           'folder, else to this script\'s); --config.<field>=<value> overrides it.')

@@ -23,7 +23,7 @@ def measure(program: str, conv: str, trim: bool) -> dict:
   import programs
   import rss
 
-  from prospr_jax import host_memory
+  from prospr_jax.xla_cpu import host_memory
   if trim:
     host_memory.release_heap_after_compiles()
   fn, args = programs.build(program, 'vgg16', 256, 3, conv)

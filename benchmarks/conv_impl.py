@@ -3,7 +3,7 @@
 For every distinct 3x3 layer of ResNet-20 and VGG-16 at CIFAR shapes it times, per implementation, a
 second-order pass inside a ``lax.scan`` (the shape of an exact ProsPr meta-gradient): the gradient of the
 squared norm of the weight gradient, over 2 scan steps; or (``--program=train_step``) a forward and backward
-pass. Median of repeats after warm-up. ``winograd`` (``models/winograd.py``) runs on stride-1 layers only.
+pass. Median of repeats after warm-up. ``winograd`` (``prospr_jax/xla_cpu/winograd.py``) runs on stride-1 layers only.
 
   python benchmarks/conv_impl.py --batch_size=64
   python benchmarks/conv_impl.py --program=train_step --batch_size=256 --impls=im2col,winograd
@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from prospr_jax.models import conv
-from prospr_jax.models.winograd import winograd_conv
+from prospr_jax.xla_cpu import conv, conv_impl
+from prospr_jax.xla_cpu.winograd import winograd_conv
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('batch_size', 64, 'Batch size.')
@@ -70,7 +70,7 @@ WINOGRAD = {'winograd': winograd(2), 'winograd4': winograd(4)}  # F(2x2, 3x3) an
 def time_layer(impl, size, cin, cout, stride):
   if impl in WINOGRAD and stride != 1:
     return float('nan')
-  fn = WINOGRAD.get(impl) or conv.resolve_conv_impl(impl, 'cpu') or (
+  fn = WINOGRAD.get(impl) or conv_impl.resolve_conv_impl(impl, 'cpu') or (
       lambda x, w, s, p, dimension_numbers: jax.lax.conv_general_dilated(x, w, s, p,
                                                                          dimension_numbers=dimension_numbers))
   if stride != 1:

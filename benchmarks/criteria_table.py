@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import prospr_jax
-from prospr_jax import entry, experiment
+from prospr_jax.harness import entry, experiment
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'Experiment config file.')
 _SPARSITY = flags.DEFINE_float('sparsity', 0.95, 'Sparsity for every criterion.')

@@ -17,8 +17,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/
 import numpy as np
 from absl import app, flags
 
-from prospr_jax import entry, experiment, files, flag_parsing
-from prospr_jax.plots import pyplot
+from prospr_jax import files
+from prospr_jax.harness import entry, experiment, flag_parsing
+from prospr_jax.harness.plots import pyplot
 
 _CONFIG = flag_parsing.define_config_flag('configs/fashion_mnist_lenet300.py', 'A Fashion-MNIST config file.')
 _EPOCHS = flags.DEFINE_list('epochs', ['5', '10', '20', '40'], 'Training lengths to compare.')

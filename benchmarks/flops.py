@@ -122,7 +122,7 @@ if __name__ == '__main__':
   _flags.DEFINE_string('model', 'vgg16', 'Model from prospr_jax.models (CIFAR shapes).')
   _flags.DEFINE_integer('batch_size', 256, 'Batch size.')
   _flags.DEFINE_integer('steps', 3, 'M, the inner steps.')
-  _flags.DEFINE_string('conv_impl', 'auto', 'Convolution implementation (models/conv.py).')
+  _flags.DEFINE_string('conv_impl', 'auto', 'Convolution implementation (prospr_jax/xla_cpu/conv_impl.py).')
   _flags.DEFINE_list('programs', list(_programs.PROGRAMS), 'Programs to count.')
   _flags.DEFINE_string('out', None, 'Also write the counts as JSON here.')
   _flags.DEFINE_bool('check', False, 'Only run the self-check.')

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prospr_jax import masks as masks_lib
+from prospr_jax import topk
 from prospr_jax.data import info as info_lib, sources
 
 
@@ -26,6 +26,6 @@ def flat(scores) -> np.ndarray:
 
 def kept_overlap(a, b, sparsity: float) -> float:
   """The fraction of ``b``'s kept weights that ``a`` keeps too, at ``sparsity`` (global top-k of each)."""
-  mask_a = flat(masks_lib.global_topk_mask(a, sparsity)) > 0
-  mask_b = flat(masks_lib.global_topk_mask(b, sparsity)) > 0
+  mask_a = flat(topk.global_topk_mask(a, sparsity)) > 0
+  mask_b = flat(topk.global_topk_mask(b, sparsity)) > 0
   return float(np.sum(mask_a & mask_b) / np.sum(mask_b))

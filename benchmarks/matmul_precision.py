@@ -23,7 +23,8 @@ from absl import app, flags
 from mask_comparison import flat, kept_overlap, pruning_batches  # benchmarks/ is the script's folder
 
 import prospr_jax
-from prospr_jax.models import conv, get_model, init_variables
+from prospr_jax.models import get_model, init_variables
+from prospr_jax.xla_cpu import conv_impl
 
 _MODEL = flags.DEFINE_string('model', 'vgg16', 'A model of prospr_jax.models taking 28x28x1 Fashion-MNIST images.')
 _BATCH = flags.DEFINE_integer('batch_size', 512, 'Pruning batch size (the paper: 512 on CIFAR).')
@@ -36,7 +37,7 @@ _OUT = flags.DEFINE_string('out', 'benchmarks/results/matmul_precision.json', 'J
 
 def main(argv):
   del argv
-  model = get_model(_MODEL.value, 10, conv_general_dilated=conv.resolve_conv_impl('auto'))
+  model = get_model(_MODEL.value, 10, conv_general_dilated=conv_impl.resolve_conv_impl('auto'))
   variables = init_variables(model, (28, 28, 1), jax.random.key(0))
   loss_fn = prospr_jax.flax_loss_fn(model, variables)
   batches = pruning_batches(_DATA_DIR.value, _BATCH.value, _STEPS.value)

@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'vgg16', 'Model from prospr_jax.models (CIFAR shapes).')
 flags.DEFINE_integer('batch_size', 256, 'Batch size.')
 flags.DEFINE_integer('steps', 3, 'M for ProsPr.')
-flags.DEFINE_list('conv_impls', ['auto'], 'Convolution implementations (models/conv.py); '
+flags.DEFINE_list('conv_impls', ['auto'], 'Convolution implementations (prospr_jax/xla_cpu/conv_impl.py); '
                   'name:MiB caps the im2col columns or Winograd tiles held at once (lean im2col, lean Winograd).')
 flags.DEFINE_list('programs', list(programs.PROGRAMS), 'Programs to analyse.')
 flags.DEFINE_bool('donate', True, 'The train step donates its params and optimizer state (as the trainer does).')

@@ -25,7 +25,7 @@ def measure(program: str, pool: str, conv: str, repeats: int, batch_size: int, w
   import rss
   from flax import linen
 
-  from prospr_jax.models import pooling
+  from prospr_jax.xla_cpu import pooling
   max_pool = pooling.max_pool_2x2 if pool == '2x2' else lambda x: linen.max_pool(x, (2, 2), (2, 2))
   fn, args = programs.build(program, 'vgg16', batch_size, 3, conv, max_pool=max_pool, width=width)
   compiled = jax.jit(fn).lower(*args).compile()

@@ -30,7 +30,8 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prospr_jax import masks as masks_lib  # noqa: E402
+
+from prospr_jax import mask_files
 from prospr_jax.sweep.grid import Cell  # noqa: E402
 
 CONFIG = 'configs/fashion_mnist_resnet20_half.py:4'
@@ -91,7 +92,7 @@ def finished(variant: str, criterion: str, sparsity: float, seed: int) -> dict |
 
 def mask_of(variant: str, criterion: str, sparsity: float, seed: int) -> dict[str, np.ndarray] | None:
   path = ROOT / cell_dir(variant, criterion, sparsity, seed) / 'mask.npz'
-  return masks_lib.read_npz(path) if path.exists() else None
+  return mask_files.read_npz(path) if path.exists() else None
 
 
 def overlaps(criterion: str, sparsity: float, seed: int) -> dict[str, dict[str, float]]:

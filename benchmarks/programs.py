@@ -20,10 +20,10 @@ def build(name: str, model_name: str, batch_size: int, steps: int, conv_spec: st
 
   import prospr_jax
   from prospr_jax.models import get_model, init_variables
-  from prospr_jax.models.conv import resolve_conv_spec
+  from prospr_jax.xla_cpu.conv_impl import resolve_conv_impl
   if name not in PROGRAMS:
     raise ValueError(f'unknown program {name!r}; valid: {", ".join(PROGRAMS)}')
-  model = get_model(model_name, 10, conv_general_dilated=resolve_conv_spec(conv_spec), **model_kwargs)
+  model = get_model(model_name, 10, conv_general_dilated=resolve_conv_impl(conv_spec), **model_kwargs)
   shape_x, shape_y = (steps + 1, batch_size, 32, 32, 3), (steps + 1, batch_size)
   if abstract:
     x, y = jax.ShapeDtypeStruct(shape_x, jnp.float32), jax.ShapeDtypeStruct(shape_y, jnp.int32)

@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'vgg16', 'Model from prospr_jax.models (CIFAR shapes).')
 flags.DEFINE_integer('batch_size', 256, 'Batch size.')
 flags.DEFINE_integer('steps', 3, 'M for the exact meta-gradient.')
-flags.DEFINE_string('conv_impl', 'auto', 'Convolution implementation (models/conv.py).')
+flags.DEFINE_string('conv_impl', 'auto', 'Convolution implementation (prospr_jax/xla_cpu/conv_impl.py).')
 flags.DEFINE_list('programs', ['train_step', 'exact', 'first_order'], 'Programs to time (exact_stored: ~16 GiB '
                   'for VGG-16 at batch 256).')
 flags.DEFINE_string('out', 'benchmarks/results/roofline.json', 'Where the JSON goes.')

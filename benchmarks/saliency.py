@@ -35,7 +35,7 @@ flags.DEFINE_list('batch_sizes', ['16'], 'Batch sizes.')
 flags.DEFINE_list('steps', ['3'], 'M, the number of inner steps.')
 flags.DEFINE_list('modes', ['train_step', 'exact', 'first_order', 'streamed'], 'What to measure; exact_stored: '
                   'exact without recomputing the inner steps (checkpoint_steps=False), as the PyTorch reference.')
-flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (models/conv.py), side by side; '
+flags.DEFINE_list('conv_impls', ['lax', 'auto'], 'Convolution implementations (prospr_jax/xla_cpu/conv_impl.py), side by side; '
                   'name:MiB caps the im2col columns or Winograd tiles held at once (lean im2col, lean Winograd).')
 flags.DEFINE_integer('image_size', 32, 'Input height and width (224 for ImageNet models).')
 flags.DEFINE_integer('num_classes', 10, 'Output classes (1000 for ImageNet).')
@@ -45,7 +45,7 @@ flags.DEFINE_integer('timeout', 1800, 'Seconds one configuration may take before
 flags.DEFINE_enum('reference', None, ['torch'], 'Also measure this reference (benchmarks/torch_reference.py) '
                   'for the train_step, exact and first_order modes.')
 flags.DEFINE_bool('release_heap', True, 'Hand the compiler\'s freed heap back to the OS after each compile, as '
-                  'prune.py, train.py and sweep.py do (prospr_jax/host_memory.py); --norelease_heap measures without.')
+                  'prune.py, train.py and sweep.py do (prospr_jax/xla_cpu/host_memory.py); --norelease_heap measures without.')
 flags.DEFINE_string('out', 'benchmarks/results/saliency.json', 'Where the JSON goes.')
 flags.DEFINE_list('table_from', [], 'Only print one table from these JSON result files.')
 flags.DEFINE_string('worker', None, 'Internal: run one configuration, given as JSON, and print its result.')
@@ -81,14 +81,14 @@ def run_worker(config: dict) -> dict:
   import optax
 
   import prospr_jax
-  from prospr_jax import host_memory
   from prospr_jax.models import get_model, init_variables
-  from prospr_jax.models.conv import resolve_conv_spec
+  from prospr_jax.xla_cpu import host_memory
+  from prospr_jax.xla_cpu.conv_impl import resolve_conv_impl
 
   if config.get('release_heap', False):
     host_memory.release_heap_after_compiles()
   classes, size = config.get('num_classes', 10), config.get('image_size', 32)
-  model = get_model(config['model'], classes, conv_general_dilated=resolve_conv_spec(config['conv_impl']))
+  model = get_model(config['model'], classes, conv_general_dilated=resolve_conv_impl(config['conv_impl']))
   m, batch_size = config['steps'], config['batch_size']
   key_x, key_y, key_init = jax.random.split(jax.random.key(0), 3)
   variables = init_variables(model, (size, size, 3), key_init)  # jitted, as the library inits

@@ -32,7 +32,8 @@ from absl import app, flags
 from mask_comparison import flat, kept_overlap, pruning_batches
 
 import prospr_jax
-from prospr_jax.models import conv, get_model, init_variables
+from prospr_jax.models import get_model, init_variables
+from prospr_jax.xla_cpu import conv_impl
 
 _MODELS = flags.DEFINE_list('models', ['lenet300_100', 'lenet5', 'resnet20', 'vgg16'], 'Models taking 28x28x1 images.')
 _STEPS = flags.DEFINE_list('steps', ['0', '3'], 'M values (0 = SNIP).')
@@ -59,12 +60,12 @@ def relative(a, b) -> float:
 @contextlib.contextmanager
 def convolution(name: str):
   """The model's ``conv_general_dilated`` for ``name``; ``auto:winograd4`` lets auto take 4x4 Winograd tiles."""
-  tiles = conv.WINOGRAD_TILES
-  conv.WINOGRAD_TILES = (4, 2) if name == 'auto:winograd4' else tiles  # read when the model is traced
+  tiles = conv_impl.WINOGRAD_TILES
+  conv_impl.WINOGRAD_TILES = (4, 2) if name == 'auto:winograd4' else tiles  # read when the model is traced
   try:
-    yield conv.resolve_conv_impl(name.split(':')[0])
+    yield conv_impl.resolve_conv_impl(name.split(':')[0])
   finally:
-    conv.WINOGRAD_TILES = tiles
+    conv_impl.WINOGRAD_TILES = tiles
 
 
 def measure(name: str, steps: int) -> list[dict]:

@@ -2,7 +2,7 @@
 
 For each model and channel sparsity: random channel pruning (the speed depends only
 on the widths kept, not on which channels), then a train step (SGD momentum +
-weight decay, ``prospr_jax.training.train_step``) of the dense network, of the
+weight decay, ``prospr_jax.harness.train_steps.train_step``) of the dense network, of the
 masked one (full width, the channel mask expanded to every parameter) and of the
 compact one (``prospr_jax.compact``): the median of ``--repeats`` rounds that
 time each of the three once in turn (so a shared machine's load changes hit all
@@ -28,8 +28,11 @@ import numpy as np
 from absl import app, flags
 
 import prospr_jax
-from prospr_jax import channel_scores, channels, cost, masks as masks_lib, training
-from prospr_jax.models import conv, flops, get_model, init_variables, plans
+from prospr_jax import masks as masks_lib
+from prospr_jax.channels import groups, scores as channel_scores
+from prospr_jax.harness import cost, train_steps
+from prospr_jax.models import flops, get_model, init_variables, plans
+from prospr_jax.xla_cpu import conv_impl
 
 MODELS = {  # CIFAR-100 shapes: 32x32x3 images, 100 classes
     'vgg19': {},
@@ -52,15 +55,15 @@ def compiled_step(model, state, batch, optimizer):
   """The compiled train step of ``model`` for the shapes of ``state``: masked runs share the dense one's."""
   signature = (model, str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), state)))
   if signature not in _COMPILED:
-    step = jax.jit(functools.partial(training.train_step, model=model, optimizer=optimizer))
+    step = jax.jit(functools.partial(train_steps.train_step, model=model, optimizer=optimizer))
     _COMPILED[signature] = step.lower(state, batch).compile()
   return _COMPILED[signature]
 
 
 def prepare(model, variables, mask, batch):
   """``(compiled step, its state, static costs)``: XLA's FLOPs and peak memory, compile time, kept parameters."""
-  optimizer = training.make_optimizer(learning_rate=0.01, momentum=0.9, weight_decay=5e-4)
-  state = training.create_train_state(variables, mask, optimizer, jax.random.key(0))
+  optimizer = train_steps.make_optimizer(learning_rate=0.01, momentum=0.9, weight_decay=5e-4)
+  state = train_steps.create_train_state(variables, mask, optimizer, jax.random.key(0))
   start = time.perf_counter()
   compiled = compiled_step(model, state, batch, optimizer)
   compile_seconds = time.perf_counter() - start
@@ -85,7 +88,7 @@ def interleaved_seconds(networks: dict[str, tuple], batch) -> dict[str, float]:
 
 
 def run_model(name: str, sparsities: list[float]) -> list[dict]:
-  model = get_model(name, 100, conv_general_dilated=conv.resolve_conv_impl('auto'), **MODELS[name])
+  model = get_model(name, 100, conv_general_dilated=conv_impl.resolve_conv_impl('auto'), **MODELS[name])
   variables = init_variables(model, (32, 32, 3), jax.random.key(0))
   batch = {'image': jax.random.normal(jax.random.key(1), (_BATCH.value, 32, 32, 3)),
            'label': jnp.arange(_BATCH.value, dtype=jnp.int32) % 100}
@@ -96,7 +99,7 @@ def run_model(name: str, sparsities: list[float]) -> list[dict]:
   for sparsity in sparsities:
     mask = prospr_jax.global_topk_mask(scores, sparsity, keep_one_per_layer=True)
     narrow, small = prospr_jax.compact(model, variables, mask)
-    networks = {'dense': dense, 'masked': prepare(model, variables, channels.expand(plan, mask, variables['params']),
+    networks = {'dense': dense, 'masked': prepare(model, variables, groups.expand(plan, mask, variables['params']),
                                                   batch),
                 'compact': prepare(narrow, small, masks_lib.all_ones_mask(small['params']), batch)}
     seconds = interleaved_seconds(networks, batch)

@@ -21,7 +21,7 @@ from absl import app, flags
 from mask_comparison import flat, kept_overlap, pruning_batches
 
 import prospr_jax
-from prospr_jax import channel_scores
+from prospr_jax.channels import scores as channel_scores
 from prospr_jax.criteria import scores as scores_lib
 from prospr_jax.criteria.snip import snip_gradient
 from prospr_jax.models import get_model, plans, vgg

@@ -56,9 +56,11 @@ def main() -> None:
   args = parser.parse_args()
 
   import jax
+
   from configs import default
-  from prospr_jax import host_memory, sweep
+  from prospr_jax import sweep
   from prospr_jax.sweep import runner
+  from prospr_jax.xla_cpu import host_memory
 
   host_memory.release_heap_after_compiles()  # as sweep.py
   release = {'criteria': runner.release_compiled_programs, 'none': lambda: None, 'all': jax.clear_caches}[args.release]

@@ -206,7 +206,7 @@ def run_worker(config: dict) -> dict:
   batches = [(torch.randn(batch_size, 3, size, size, device=device),
               torch.randint(0, classes, (batch_size,), device=device)) for _ in range(m + 1)]
   rss_before = rss.peak_rss_bytes()
-  if config.get('release_heap', False):  # the same treatment as the JAX side (prospr_jax/host_memory.py), without jax
+  if config.get('release_heap', False):  # the same treatment as the JAX side (prospr_jax/xla_cpu/host_memory.py), without jax
     ctypes.CDLL(None).malloc_trim(0)
   rss.reset_peak()  # as saliency.py does after compiling: the peak of the runs alone, beside the whole process's
   if config['mode'] == 'train_step':

@@ -21,10 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ''  # TFDS data_dir; the parent of tiny-imagenet-200/; the IDX folder of (fashion_)mnist; '' = default
   config.model = 'small_cnn'
   config.model_kwargs = ml_collections.ConfigDict()
-  config.conv_impl = 'auto'     # auto | lax | canonical | im2col (prospr_jax/models/conv.py); auto = lax off-CPU
-  # im2col and Winograd layers (CPU) hold at most this many MiB of columns / tiles and rebuild them in the backward
-  # pass: less memory (README, Performance); unset keeps them all
-  config.conv_column_mib = ml_collections.config_dict.placeholder(float)
+  # auto | lax | canonical | im2col (prospr_jax/xla_cpu/conv_impl.py); auto = lax off-CPU. 'auto:<MiB>' or
+  # 'im2col:<MiB>': im2col and Winograd layers (CPU) hold at most that many MiB of columns / tiles and rebuild them in
+  # the backward pass: less memory (docs/performance.md)
+  config.conv_impl = 'auto'
 
   config.criterion = 'prospr'  # a name from prospr_jax.CRITERIA
   config.distribution = 'global'  # how the budget splits across layers: global, uniform or erk
@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
       rounds=0,                 # iterative criteria (synflow, iterative_snip, force): 0 = their default
       grasp_temperature=200.0,  # GraSP divides logits by this (the authors' value)
       precision='float32',      # scoring arithmetic: float32, float64 (CPU: a reproducible mask) or highest (GPU/TPU)
-      conv_impl='',             # the convolution the scoring runs with ('': config.conv_impl)
+      conv_impl='',             # the convolution the scoring runs with, as config.conv_impl ('': the same)
       check_stability=False,    # score again (float64 on CPU, highest elsewhere): kept-weight overlap in pruning.json
   ))
 

@@ -1,6 +1,6 @@
 """ResNet-50 on ImageNet, first-order ProsPr streamed over 1024 steps of batch 256.
 
-Needs imagenet2012 prepared as array_record (see the README's data section).
+Needs imagenet2012 prepared as array_record (docs/experiments.md, Data).
 
   python prune.py --config configs/imagenet_resnet50.py --config.prune.sparsity=0.9
 

@@ -1,6 +1,6 @@
 """ResNet-18 (CIFAR patch: 3x3 stem, no max-pool) on Tiny-ImageNet, ProsPr (exact, M = 3).
 
-Needs tiny-imagenet-200/ under config.data_dir (see the README's data section).
+Needs tiny-imagenet-200/ under config.data_dir (docs/experiments.md, Data).
 
   python prune.py --config configs/tinyimagenet_resnet18.py --config.data_dir=/data --config.prune.sparsity=0.9
 

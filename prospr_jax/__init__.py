@@ -1,4 +1,4 @@
-"""prospr_jax: Prospect Pruning (ProsPr) and pruning at initialization in JAX.
+"""prospr_jax: Prospect PruneSpec (ProsPr) and pruning at initialization in JAX.
 
 The core (``criteria``, ``masks``) works on any params pytree and any
 ``loss_fn(params, batch) -> scalar``::
@@ -8,8 +8,8 @@ The core (``criteria``, ``masks``) works on any params pytree and any
   params = prospr_jax.apply_mask(params, masks)
 """
 
-from prospr_jax.channel_scores import score_channels
-from prospr_jax.channels import ChannelGroup, ChannelPlan
+from prospr_jax.channels.groups import ChannelGroup, ChannelPlan
+from prospr_jax.channels.scores import score_channels
 from prospr_jax.criteria import (
   CRITERIA,
   ITERATIVE,
@@ -27,30 +27,26 @@ from prospr_jax.criteria import (
   three_sp_saliency,
 )
 from prospr_jax.distributions import DISTRIBUTIONS, make_mask
-from prospr_jax.host_memory import release_heap_after_compiles
 from prospr_jax.losses import flax_apply_fn, flax_loss_fn, softmax_cross_entropy
-from prospr_jax.masks import (
-  all_ones_mask,
-  apply_mask,
-  default_prunable,
-  global_topk_mask,
-  layerwise_topk_mask,
-  load_masks,
-  ones_mask,
-  save_masks,
-)
+from prospr_jax.mask_files import load_masks, save_masks
+from prospr_jax.masks import all_ones_mask, apply_mask, default_prunable, ones_mask
 from prospr_jax.sparsity import SparsityReport, sparsity_report
+from prospr_jax.topk import global_topk_mask, layerwise_topk_mask
+from prospr_jax.xla_cpu.host_memory import release_heap_after_compiles
+
+from prospr_jax import _moved
 
 __version__ = '0.1.0'
+_moved.install()
 
-_FLAX_FACE = {'compact': 'prospr_jax.compaction', 'load_compact': 'prospr_jax.compaction',
+_LAZY_FLAX_NAMES = {'compact': 'prospr_jax.models.compaction', 'load_compact': 'prospr_jax.models.compaction',
               'channel_plan': 'prospr_jax.models.plans', 'output_positions': 'prospr_jax.models.flops',
               'layer_flops': 'prospr_jax.models.flops'}
 
 
 def __getattr__(name: str):
   """Compaction and the zoo's channel plans import Flax: loaded on first use, so the core never needs it."""
-  if name in _FLAX_FACE:
+  if name in _LAZY_FLAX_NAMES:
     import importlib
-    return getattr(importlib.import_module(_FLAX_FACE[name]), name)
+    return getattr(importlib.import_module(_LAZY_FLAX_NAMES[name]), name)
   raise AttributeError(f'module prospr_jax has no attribute {name!r}')

@@ -1,4 +1,4 @@
-"""The sanity checks of Frankle et al. 2021 ("Pruning neural networks at initialization: why are we missing
+"""The sanity checks of Frankle et al. 2021 ("PruneSpec neural networks at initialization: why are we missing
 the mark?"), for any criterion: shuffle the mask within each layer, reinitialize the kept weights, invert scores.
 
 A criterion that passes them (accuracy drops) uses more than per-layer densities.
@@ -7,10 +7,10 @@ A criterion that passes them (accuracy drops) uses more than per-layer densities
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.criteria.scores import invert_scores  # noqa: F401  (the invert ablation, applied by the registry)
 
 ABLATIONS: dict[str, str] = {
     'none': 'the mask as scored',
@@ -33,3 +33,8 @@ def reinitialize(params: ArrayTree, masks: ArrayTree, fresh_params: ArrayTree) -
   """Masked leaves take their values from ``fresh_params`` (a new draw of the initialiser); the rest stay."""
   masks_lib.check_same_structure(masks, params)
   return jax.tree.map(lambda m, p, f: p if m is None else f, masks, params, fresh_params, is_leaf=masks_lib.is_none)
+
+
+def invert_scores(scores: ArrayTree) -> ArrayTree:
+  """Negated scores: top-k then keeps what the criterion ranks lowest (the invert ablation)."""
+  return jax.tree.map(jnp.negative, scores)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
+from prospr_jax import masks as masks_lib, topk
 
 
 def _largest_remainder(quotas: np.ndarray, sizes: np.ndarray, total: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def layer_keep_counts(scores: ArrayTree, sparsity: float, distribution: str) -> 
   """Kept entries per masked leaf (tree order) under ``distribution``; they sum to ``ceil(N * (1 - sparsity))``."""
   shapes = [tuple(np.shape(s)) for _, s in masks_lib.named_leaves(scores)]
   sizes = np.array([math.prod(shape) for shape in shapes])
-  total = masks_lib.num_to_keep(int(sizes.sum()), sparsity)
+  total = topk.num_to_keep(int(sizes.sum()), sparsity)
   if distribution == 'uniform':
     densities = np.full(len(shapes), 1.0 - sparsity)
   elif distribution == 'erk':
@@ -65,10 +65,10 @@ def make_mask(scores: ArrayTree, sparsity: float, distribution: str = 'global', 
   """Threshold ``scores`` at ``sparsity``: ``'global'`` top-k, or per-layer top-k with ``'uniform'``/``'erk'`` counts."""
   get_distribution(distribution)
   if distribution == 'global':
-    return masks_lib.global_topk_mask(scores, sparsity, keep_one_per_layer=keep_one_per_layer)
+    return topk.global_topk_mask(scores, sparsity, keep_one_per_layer=keep_one_per_layer)
   counts = iter(layer_keep_counts(scores, sparsity, distribution))
   per_layer = jax.tree.map(lambda s: None if s is None else next(counts), scores, is_leaf=masks_lib.is_none)
-  return masks_lib.layerwise_topk_mask(scores, keep_counts=per_layer)
+  return topk.layerwise_topk_mask(scores, keep_counts=per_layer)
 
 
 DISTRIBUTIONS: dict[str, str] = {

@@ -17,7 +17,11 @@ from absl import flags  # noqa: E402
 
 import prospr_jax  # noqa: E402
 from configs import default  # noqa: E402
-from prospr_jax import data, entry, experiment, pruning, sharding  # noqa: E402
+from prospr_jax import data
+from prospr_jax.criteria import registry
+from prospr_jax.harness import entry, pruning
+from prospr_jax.harness.setup import make_setup
+from prospr_jax.runtime import sharding  # noqa: E402
 
 
 def main() -> None:
@@ -25,8 +29,9 @@ def main() -> None:
   entry.initialize_distributed()
   config = default.get_config()
   config.prune.batch_size = 16
-  setup = experiment.make_setup(config)
-  loss_fn = pruning.loss_fn_for(config, setup.model, setup.variables)
+  setup = make_setup(config)
+  loss_fn = pruning.loss_fn_for(config, registry.get_criterion(config.criterion), setup.model,
+                                setup.variables)
   loader = data.train_loader(setup.info, setup.train_source, global_batch_size=16, seed=1)
   alive, most_alive, live_bytes = [], 0, []
 

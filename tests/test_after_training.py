@@ -8,19 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from prospr_jax import (
-  after_training,
-  checkpointing,
-  experiment,
-  masks as masks_lib,
-  seeds,
-  sweep,
-  trainer,
-  training,
-  validation,
-)
+from prospr_jax import mask_files, masks as masks_lib, sweep, topk
 from prospr_jax.criteria import registry
-from prospr_jax.sweep import figure, grid as grid_lib, table
+from prospr_jax.harness import seeds, train_loop, train_steps, validation
+from prospr_jax.harness.records import Recipe, Running
+from prospr_jax.harness.setup import make_setup
+from prospr_jax.runtime import checkpointing
+from prospr_jax.sweep import after_training, figure, grid as grid_lib, table
 
 CRITERIA, SPARSITY = 'magnitude_after_training,lottery_rewind_one_shot', 0.9
 MAT, LTR = sweep.Cell('magnitude_after_training', SPARSITY, 0), sweep.Cell('lottery_rewind_one_shot', SPARSITY, 0)
@@ -37,26 +31,27 @@ def base_config():
 
 @pytest.fixture(scope='module')
 def setup():
-  return experiment.make_setup(base_config())
+  return make_setup(base_config())
 
 
 @pytest.fixture(scope='module')
 def steps(setup):
-  return trainer.recipe_steps(base_config(), setup)[0]
+  return train_loop.recipe_steps(Recipe.of(base_config()), setup)[0]
 
 
 @pytest.fixture(scope='module')
 def swept(tmp_path_factory):
-  """The tiny sweep (dense, both references at 90%, seed 0) run once; what each ``trainer.train`` call started from."""
+  """The tiny sweep (dense, both references at 90%, seed 0) run once; what each ``train_loop.train`` call started from."""
   workdir = tmp_path_factory.mktemp('after_training')
-  starts, real_train = {}, trainer.train
+  starts, real_train = {}, train_loop.train
 
-  def spy(config, setup, mask, train_dir, title='', variables=None, start_step=0):
+  def spy(recipe, running, setup, mask, train_dir, title='', variables=None, start_step=0):
     starts[train_dir] = (jax.device_get(setup.variables if variables is None else variables), start_step)
-    return real_train(config, setup, mask, train_dir, title=title, variables=variables, start_step=start_step)
+    return real_train(recipe, running, setup, mask, train_dir, title=title, variables=variables,
+                      start_step=start_step)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(trainer, 'train', spy)
+    patch.setattr(train_loop, 'train', spy)
     outcome = sweep.run_sweep(base_config(), CRITERIA, str(SPARSITY), 1, workdir)
   return workdir, outcome, starts
 
@@ -67,16 +62,17 @@ def one_epoch(setup, steps, tmp_path_factory):
   config = base_config()
   config.num_epochs = 1
   directory = tmp_path_factory.mktemp('one_epoch')
-  trainer.train(config, setup, masks_lib.all_ones_mask(setup.variables['params']), directory)
+  train_loop.train(Recipe.of(config), Running.of(config), setup, masks_lib.all_ones_mask(setup.variables['params']),
+                   directory)
   return restore_state(setup, directory / 'checkpoints', steps)
 
 
 def restore_state(setup, directory, step, mask=None):
   """The trainer's checkpoint at ``step``, restored by hand (not through ``after_training``)."""
   config = base_config()
-  _, (_, optimizer, _, _) = trainer.recipe_steps(config, setup)
+  _, (_, optimizer, _, _) = train_loop.recipe_steps(Recipe.of(config), setup)
   mask = masks_lib.all_ones_mask(setup.variables['params']) if mask is None else mask
-  template = training.create_train_state(setup.variables, mask, optimizer, seeds.train_dropout(config.seed))
+  template = train_steps.create_train_state(setup.variables, mask, optimizer, seeds.train_dropout(config.seed))
   checkpointer = checkpointing.Checkpointer(directory)
   try:
     return checkpointer.restore(template, template.params, step=step)[0]
@@ -92,7 +88,7 @@ def assert_trees_equal(ours, theirs):
 
 
 def cell_mask(workdir, cell, setup):
-  return masks_lib.load_masks(cell.directory(workdir) / 'mask.npz', setup.variables['params'])
+  return mask_files.load_masks(cell.directory(workdir) / 'mask.npz', setup.variables['params'])
 
 
 def metrics(workdir, cell):
@@ -116,7 +112,7 @@ def test_the_mask_is_the_global_magnitude_top_k_of_the_trained_dense_weights(swe
       pruned.append(magnitude[~keep])
       total += keep.size
   kept, pruned = np.concatenate(kept), np.concatenate(pruned)
-  assert kept.size == masks_lib.num_to_keep(total, SPARSITY) and kept.min() > pruned.max()  # global top-k
+  assert kept.size == topk.num_to_keep(total, SPARSITY) and kept.min() > pruned.max()  # global top-k
   rows = {row['criterion']: row for row in map(json.loads, (workdir / 'results.jsonl').read_text().splitlines())}
   assert rows['magnitude_after_training']['kept_weights'] == rows['lottery_rewind_one_shot']['kept_weights'] == kept.size
 
@@ -149,7 +145,7 @@ def test_the_rewind_point_is_recomputed_when_the_dense_cell_lacks_it_and_then_ca
   assert_trees_equal(after_training.rewind_variables(base_config(), setup, dense, scratch),
                      {'params': one_epoch.params, 'batch_stats': one_epoch.batch_stats})
   assert (dense / after_training.REWIND_FILE).exists() and not scratch.exists()
-  monkeypatch.setattr(trainer, 'train', lambda *args, **kwargs: pytest.fail('the cached rewind point was not used'))
+  monkeypatch.setattr(train_loop, 'train', lambda *args, **kwargs: pytest.fail('the cached rewind point was not used'))
   assert_trees_equal(after_training.rewind_variables(base_config(), setup, dense, scratch),
                      {'params': one_epoch.params, 'batch_stats': one_epoch.batch_stats})
 
@@ -194,10 +190,10 @@ def test_a_rerun_skips_finished_cells_and_a_killed_cell_resumes_from_its_checkpo
   cell_dir = MAT.directory(copy)
   (cell_dir / 'results.json').unlink()  # killed in epoch 2: the checkpoint of epoch 1 is the newest
   shutil.rmtree(cell_dir / 'pruned' / 'checkpoints' / str(2 * steps))
-  logger = logging.getLogger(trainer.__name__)
+  logger = logging.getLogger(train_loop.__name__)
   logger.addHandler(caplog.handler)
   try:
-    with caplog.at_level(logging.INFO, logger=trainer.__name__):
+    with caplog.at_level(logging.INFO, logger=train_loop.__name__):
       outcome = sweep.run_sweep(base_config(), CRITERIA, str(SPARSITY), 1, copy)
   finally:
     logger.removeHandler(caplog.handler)

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import mlp_problem
 
 import prospr_jax
-from nets import mlp_problem
 
 
 @pytest.mark.parametrize('sparsity', [-0.1, 1.0, 1.5, float('nan'), '0.5'])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax import channel_scores, losses
+from prospr_jax import losses
+from prospr_jax.channels import scores as channel_scores
 from prospr_jax.criteria import registry, scores as scores_lib
 from prospr_jax.criteria.snip import snip_gradient
 from prospr_jax.models import get_model, plans

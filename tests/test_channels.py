@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_training import digits_batches, train_steps
+from test_training import digits_batches, run_train_steps
 
 import prospr_jax
-from prospr_jax import channel_scores, channels, checkpointing, training
+from prospr_jax.channels import groups, scores as channel_scores
+from prospr_jax.harness import train_steps
 from prospr_jax.models import get_model, plans
+from prospr_jax.runtime import checkpointing
 
 
 @functools.cache
@@ -60,9 +62,9 @@ def test_resnet20_lanes_follow_the_zero_padding_shortcut_into_the_later_stages()
 
 def test_a_channel_mask_zeroes_its_kernel_slices_bias_batchnorm_and_the_next_layers_input_rows():
   _, variables, plan = net('vgg11', width=1 / 16)
-  mask = channels.ones(plan)
+  mask = groups.ones(plan)
   mask['Conv_2/kernel'][1] = False
-  full = channels.expand(plan, mask, variables['params'])
+  full = groups.expand(plan, mask, variables['params'])
   assert not full['Conv_2']['kernel'][..., 1].any() and full['Conv_2']['kernel'][..., 0].all()
   assert not full['Conv_2']['bias'][1] and not full['BatchNorm_2']['scale'][1] and not full['BatchNorm_2']['bias'][1]
   assert not full['Conv_3']['kernel'][:, :, 1, :].any() and full['Conv_3']['kernel'][:, :, 0, :].all()
@@ -74,7 +76,7 @@ def test_a_tied_group_is_kept_or_removed_whole_in_every_conv_that_writes_it(name
   _, variables, plan = net(name, **kwargs)
   scores = channel_scores.score_channels(prospr_jax.random_saliency, plan, variables['params'], None, rng=3)
   mask = prospr_jax.global_topk_mask(scores, 0.5, keep_one_per_layer=True)
-  full = channels.expand(plan, mask, variables['params'])
+  full = groups.expand(plan, mask, variables['params'])
   for group in plan.groups:
     for slot in group.writers:
       kernel = np.asarray(module_of(full, slot.module)['kernel'])[..., list(slot.channels)]
@@ -113,21 +115,21 @@ def three_classes(batches):
 
 def test_dead_channels_stay_exactly_zero_through_momentum_weight_decay_a_restore_and_more_training(tmp_path):
   model, variables, plan = net('resnet20', width=4)
-  mask = channels.ones(plan)
+  mask = groups.ones(plan)
   mask['Conv_0/kernel'][1] = False                        # a lane: ten convs and their BatchNorms
   mask['OptionABlock_6/Conv_1/kernel'][[0, 5]] = False     # stage 3's own channels
   mask['OptionABlock_4/Conv_0/kernel'][2] = False          # a block-internal channel
-  full = channels.expand(plan, mask, variables['params'])
-  optimizer = training.make_optimizer(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
-  state = training.create_train_state(variables, full, optimizer, jax.random.key(2))
-  step = jax.jit(functools.partial(training.train_step, model=model, optimizer=optimizer))
-  state = train_steps(state, step, three_classes(digits_batches()), 30)
+  full = groups.expand(plan, mask, variables['params'])
+  optimizer = train_steps.make_optimizer(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
+  state = train_steps.create_train_state(variables, full, optimizer, jax.random.key(2))
+  step = jax.jit(functools.partial(train_steps.train_step, model=model, optimizer=optimizer))
+  state = run_train_steps(state, step, three_classes(digits_batches()), 30)
   checkpointer = checkpointing.Checkpointer(tmp_path)
   checkpointer.save(30, state, variables['params'], {'epoch': 0})
   checkpointer.wait()
-  template = training.create_train_state(variables, full, optimizer, jax.random.key(2))
+  template = train_steps.create_train_state(variables, full, optimizer, jax.random.key(2))
   restored, _, _ = checkpointer.restore(template, variables['params'])
-  state = train_steps(restored, step, three_classes(digits_batches(start_step=30)), 20)
+  state = run_train_steps(restored, step, three_classes(digits_batches(start_step=30)), 20)
   for m, p in zip(jax.tree.leaves(full, is_leaf=prospr_jax.masks.is_none), jax.tree.leaves(state.params)):
     assert m is None or not np.asarray(p)[~np.asarray(m)].any()  # exactly 0.0: kernels, BatchNorm scale and offset
   assert np.asarray(state.params['BatchNorm_0']['bias'])[0] != 0  # a kept channel's offset trained
@@ -149,11 +151,11 @@ def test_an_untied_per_kernel_resnet_mask_is_called_so_and_the_fix_is_named():
   untied = prospr_jax.global_topk_mask(scores, 0.5, keep_one_per_layer=True)
   with pytest.raises(ValueError, match=r'per-kernel \(untied\) channel mask.*BasicBlock_0/Conv_1/kernel is tied '
                                        r'into Conv_0/kernel.*prospr_jax.score_channels') as refusal:
-    channels.check_mask(plan, untied)
+    groups.check_mask(plan, untied)
   assert 'another model' not in str(refusal.value)
 
 
 def test_named_paths_names_each_leaf_by_its_key_tuple():
   tree = {'block': {'conv': {'kernel': np.ones((1, 2)), 'bias': np.ones(2)}}}
-  assert [names for names, _ in channels.named_paths(tree)] == [('block', 'conv', 'bias'), ('block', 'conv', 'kernel')]
-  assert not hasattr(channels, 'named_leaves')  # masks.named_leaves joins the names: one name, one meaning
+  assert [names for names, _ in groups.named_paths(tree)] == [('block', 'conv', 'bias'), ('block', 'conv', 'kernel')]
+  assert not hasattr(groups, 'named_leaves')  # masks.named_leaves joins the names: one name, one meaning

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prospr_jax.checkpointing import Checkpointer
+from prospr_jax.runtime.checkpointing import Checkpointer
 
 TEMPLATE = {'w': jnp.zeros(4)}
 
@@ -105,7 +105,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_with_a_one_line_
   corrupt(tmp_path / '2')
   with caplog.at_level(logging.WARNING, logger='prospr_jax'):
     assert_restored(restore_latest(tmp_path), 1)
-  [warning] = [record for record in caplog.records if record.name == 'prospr_jax.checkpointing']
+  [warning] = [record for record in caplog.records if record.name == 'prospr_jax.runtime.checkpointing']
   message = warning.getMessage()
   assert warning.levelno == logging.WARNING and '\n' not in message and len(message) < 400, message
   assert str(tmp_path / '2') in message and 'resumed from step 1' in message
@@ -145,7 +145,7 @@ def test_every_checkpoint_corrupt_raises_one_line_naming_the_folder_and_the_fix(
   message = str(raised.value)
   assert '\n' not in message and str(tmp_path) in message and 'new workdir' in message and 'Delete' in message
   assert raised.value.__cause__ is None and raised.value.__suppress_context__
-  warnings = [record.getMessage() for record in caplog.records if record.name == 'prospr_jax.checkpointing']
+  warnings = [record.getMessage() for record in caplog.records if record.name == 'prospr_jax.runtime.checkpointing']
   assert len(warnings) == 2 and all('\n' not in warning for warning in warnings)
 
 

@@ -15,8 +15,10 @@ import time
 import pytest
 from absl import flags, logging as absl_logging
 
-from prospr_jax import entry, flag_parsing, host_memory, preemption, validation
 from prospr_jax.data import DatasetUnavailableError
+from prospr_jax.harness import entry, flag_parsing, validation
+from prospr_jax.runtime import preemption
+from prospr_jax.xla_cpu import host_memory
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HINT = 'set PROSPR_JAX_TRACEBACK=1 for the traceback'
@@ -34,9 +36,8 @@ def quiet_entry(monkeypatch):
 
 def run_job(monkeypatch, workdir, job):
   """``entry.run`` with ``job`` as the prune-and-train job: the exit code (0 when it returned)."""
-  monkeypatch.setitem(entry.JOBS, 'prune_and_train', job)
   try:
-    entry.run(None, str(workdir), 'configs/default.py', 'prune_and_train')
+    entry.run(None, str(workdir), 'configs/default.py', job)
   except SystemExit as done:
     return done.code
   return 0

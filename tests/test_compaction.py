@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax import channels, compaction, losses, masks as masks_lib
-from prospr_jax.models import get_model, plans
+from prospr_jax import losses, masks as masks_lib
+from prospr_jax.channels import groups
+from prospr_jax.models import compaction, get_model, plans
 from prospr_jax.models.resnet import Bottleneck, ResNet
 
 FAMILIES = {  # name: (model kwargs, input shape); ResNet-50's blocks in a shallow net (compile time)
@@ -118,14 +119,14 @@ def outputs_and_gradients(model, variables, x, y):
 def assert_masked_equals_compact(family, mask):
   model, variables, x, y = network(family)
   plan = plans.channel_plan(model, variables['params'])
-  masked = {**variables, 'params': masked_params(variables['params'], channels.expand(plan, mask, variables['params']))}
+  masked = {**variables, 'params': masked_params(variables['params'], groups.expand(plan, mask, variables['params']))}
   narrow, small = prospr_jax.compact(model, variables, mask)
   compaction.check_shapes(narrow, small, x.shape[1:])
   *logits, grads = outputs_and_gradients(model, masked, x, y)
   *compact_logits, compact_grads = outputs_and_gradients(narrow, small, x, y)
   for mode, expected, got in zip(('eval', 'train'), logits, compact_logits):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(expected))), err_msg=mode)
-  kept_grads = channels.compact_tree(plan, mask, grads)
+  kept_grads = groups.compact_tree(plan, mask, grads)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), compact_grads, kept_grads)
   return narrow, small
 
@@ -226,7 +227,7 @@ def test_the_compact_resnets_widths_are_the_kept_channels_of_each_tied_stream():
 def test_resnet20s_compact_shortcut_pads_only_the_kept_padding_channels():
   model, variables, _, _ = network('resnet20')  # stage widths 4, 8, 16: pads (2, 2) and (4, 4)
   plan = plans.channel_plan(model, variables['params'])
-  mask = channels.ones(plan)
+  mask = groups.ones(plan)
   mask['OptionABlock_3/Conv_1/kernel'] = np.array([False, True, False, False])  # stage 2 keeps 1 low, 0 high
   mask['OptionABlock_6/Conv_1/kernel'][:] = False  # stage 3 adds no channel of its own
   narrow, _ = assert_masked_equals_compact('resnet20', mask)
@@ -237,11 +238,11 @@ def test_embedding_the_compact_variables_gives_back_the_masked_ones():
   model, variables, _, _ = network('resnet20')
   plan = plans.channel_plan(model, variables['params'])
   mask = random_mask(plan, 0.5, seed=5)
-  full = channels.expand(plan, mask, variables['params'])
+  full = groups.expand(plan, mask, variables['params'])
   masked = prospr_jax.apply_mask(variables['params'], full)
-  small = channels.compact_tree(plan, mask, masked)
+  small = groups.compact_tree(plan, mask, masked)
   zeros = jax.tree.map(jnp.zeros_like, variables['params'])
-  jax.tree.map(np.testing.assert_array_equal, channels.embed(plan, mask, small, zeros), masked)
+  jax.tree.map(np.testing.assert_array_equal, groups.embed(plan, mask, small, zeros), masked)
 
 
 def test_a_saved_compact_network_is_rebuilt_by_name_with_the_same_outputs(tmp_path):
@@ -263,10 +264,10 @@ class Unknown(nn.Module):
 def test_compaction_refuses_bad_input_with_a_message():
   model, variables, _, _ = network('vgg11')
   plan = plans.channel_plan(model, variables['params'])
-  mask = channels.ones(plan)
+  mask = groups.ones(plan)
   other_model, other_variables, _, _ = network('small_cnn')
   with pytest.raises(ValueError, match='does not fit this VGG .is it from another model.*missing Conv_2/kernel'):
-    prospr_jax.compact(model, variables, channels.ones(plans.channel_plan(other_model, other_variables['params'])))
+    prospr_jax.compact(model, variables, groups.ones(plans.channel_plan(other_model, other_variables['params'])))
   with pytest.raises(ValueError, match='per-weight entries.*channel mask'):
     prospr_jax.compact(model, variables, masks_lib.all_ones_mask(variables['params']))
   with pytest.raises(ValueError, match='removes every channel of Conv_3/kernel.*keep_one_per_layer'):

@@ -34,7 +34,7 @@ def test_a_number_variant_sets_the_epochs_and_moves_the_lr_steps_with_them():
 
 
 def test_a_learning_rate_drop_after_the_last_epoch_is_refused_in_one_line_naming_both_values_and_the_fix():
-  from prospr_jax import validation
+  from prospr_jax.harness import validation
   config = fashion_mnist_recipe.get_config()
   config.num_epochs = 1  # as --config.num_epochs=1 alone: the milestones stay at epochs 10 and 15
   with pytest.raises(validation.ConfigError) as refusal:
@@ -58,7 +58,7 @@ CONFIGS = sorted(path.stem for path in (pathlib.Path(__file__).parents[1] / 'con
 
 @pytest.mark.parametrize('module', CONFIGS)
 def test_every_config_and_its_runlocal_variant_drop_the_learning_rate_within_training(module):
-  from prospr_jax import validation
+  from prospr_jax.harness import validation
   get_config = importlib.import_module(f'configs.{module}').get_config
   variants = [''] + (['runlocal'] if inspect.signature(get_config).parameters else [])
   for config in (get_config(*([variant] if variant else [])) for variant in variants):

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax.models import conv, get_model
-from prospr_jax.models.winograd import winograd_conv
+from prospr_jax.models import get_model
+from prospr_jax.xla_cpu import conv, conv_impl as impls, lean
+from prospr_jax.xla_cpu.winograd import winograd_conv
 
-IMPLS = {'canonical': conv.canonical_conv, 'im2col': conv.im2col_conv, 'auto_cpu': conv.auto_cpu_conv}
+IMPLS = {'canonical': conv.canonical_conv, 'im2col': conv.im2col_conv, 'auto_cpu': impls.auto_cpu_conv}
 
 
 def lax_conv(x, w, strides, padding):
@@ -73,7 +74,7 @@ def test_winograd_refuses_what_it_cannot_compute():
 
 
 def winograd_tile(x_shape, k_shape, strides=(1, 1), pads=((1, 1), (1, 1))):
-  return conv._winograd_tile(jnp.ones(x_shape), jnp.ones(k_shape), strides, pads)
+  return impls._winograd_tile(jnp.ones(x_shape), jnp.ones(k_shape), strides, pads)
 
 
 def test_auto_on_cpu_takes_winograd_for_wide_3x3_stride_1_layers_with_enough_tiles():
@@ -88,13 +89,13 @@ def test_auto_on_cpu_takes_winograd_for_wide_3x3_stride_1_layers_with_enough_til
   assert winograd_tile((256, 32, 32, 64), (1, 1, 64, 64)) == 0
   assert winograd_tile((256, 8, 8, 64), (3, 3, 64, 64), pads=((3, 3), (1, 1))) == 0
   x, w = jnp.ones((16, 4, 4, 512), jnp.float32), jnp.ones((3, 3, 512, 512), jnp.float32)
-  hlo = jax.jit(lambda x, w: conv.auto_cpu_conv(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)).lower(
+  hlo = jax.jit(lambda x, w: impls.auto_cpu_conv(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)).lower(
       x, w).as_text()
   assert 'convolution' not in hlo and 'dot_general' in hlo
 
 
 def test_with_4x4_tiles_allowed_auto_takes_the_largest_tile_that_fits_the_output(monkeypatch):
-  monkeypatch.setattr(conv, 'WINOGRAD_TILES', (4, 2))  # F(4x4, 3x3): not by default (its float32 rounding)
+  monkeypatch.setattr(impls, 'WINOGRAD_TILES', (4, 2))  # F(4x4, 3x3): not by default (its float32 rounding)
   assert winograd_tile((256, 32, 32, 64), (3, 3, 64, 64)) == 4
   assert winograd_tile((256, 7, 7, 256), (3, 3, 256, 256)) == 4   # partial tiles (28x28 inputs)
   assert winograd_tile((64, 4, 4, 512), (3, 3, 512, 512)) == 4    # 64 tiles of 4x4
@@ -110,15 +111,15 @@ def test_non_plain_convolutions_fall_back_to_lax():
 
 
 def test_auto_is_lax_off_cpu_and_per_layer_on_cpu():
-  assert conv.resolve_conv_impl('auto', 'gpu') is None and conv.resolve_conv_impl('auto', 'tpu') is None
-  assert conv.resolve_conv_impl('auto', 'cpu') is conv.auto_cpu_conv
-  assert conv.resolve_conv_impl('lax') is None
-  with pytest.raises(ValueError, match='unknown conv_impl .eigen.; valid names: auto, lax, canonical, im2col'):
-    conv.resolve_conv_impl('eigen')
+  assert impls.resolve_conv_impl('auto', 'gpu') is None and impls.resolve_conv_impl('auto', 'tpu') is None
+  assert impls.resolve_conv_impl('auto', 'cpu') is impls.auto_cpu_conv
+  assert impls.resolve_conv_impl('lax') is None
+  with pytest.raises(ValueError, match='unknown conv_impl .eigen.; valid: auto, lax, canonical, im2col, or auto:<MiB>'):
+    impls.resolve_conv_impl('eigen')
 
 
-def meta_gradient_problem(model_name, conv_impl, size, column_mib=None, **kwargs):
-  model = get_model(model_name, 10, conv_general_dilated=conv.resolve_conv_impl(conv_impl, 'cpu', column_mib), **kwargs)
+def meta_gradient_problem(model_name, conv_impl, size, **kwargs):
+  model = get_model(model_name, 10, conv_general_dilated=impls.resolve_conv_impl(conv_impl, 'cpu'), **kwargs)
   x = jax.random.normal(jax.random.key(0), (2, 2, size, size, 3))  # M = 1, batches of 2
   y = jnp.arange(4).reshape(2, 2) % 10
   variables = model.init(jax.random.key(1), x[0], train=False)
@@ -127,7 +128,7 @@ def meta_gradient_problem(model_name, conv_impl, size, column_mib=None, **kwargs
 
 
 def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolutions():
-  model = get_model('resnet20', 10, conv_general_dilated=conv.resolve_conv_impl('auto', 'cpu'))
+  model = get_model('resnet20', 10, conv_general_dilated=impls.resolve_conv_impl('auto', 'cpu'))
   x, y = jnp.ones((2, 2, 16, 16, 3), jnp.float32), jnp.zeros((2, 2), jnp.int32)
   variables = model.init(jax.random.key(0), x[0], train=False)
   loss_fn = prospr_jax.flax_loss_fn(model, variables)
@@ -143,13 +144,14 @@ def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolut
 # Small nets that still have layers on both sides of auto's 64-input-channel switch (ResNet-20's last stage has 64);
 # their 64-channel layers take Winograd (every batch size, by the patched threshold), lean Winograd in the lean
 # setting. VGG pools 4 times.
-# column_mib=0.01: lean im2col, with VGG's 32x32 layers split into one-image chunks.
-@pytest.mark.parametrize('model_name, size, kwargs', [('resnet20', 8, {}), ('vgg11', 32, {'width': 0.25}),
-                                                      ('vgg11', 32, {'width': 0.25, 'column_mib': 0.01})])
-def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs, monkeypatch):
-  monkeypatch.setattr(conv, 'WINOGRAD_MIN_TILES', 1)  # these batches are tiny: Winograd for every wide 3x3 layer
-  params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **{**kwargs, 'column_mib': None})
-  _, _, auto_loss = meta_gradient_problem(model_name, 'auto', size, **kwargs)
+# auto:0.01: lean im2col, with VGG's 32x32 layers split into one-image chunks.
+@pytest.mark.parametrize('model_name, size, auto, kwargs', [('resnet20', 8, 'auto', {}),
+                                                            ('vgg11', 32, 'auto', {'width': 0.25}),
+                                                            ('vgg11', 32, 'auto:0.01', {'width': 0.25})])
+def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, auto, kwargs, monkeypatch):
+  monkeypatch.setattr(impls, 'WINOGRAD_MIN_TILES', 1)  # these batches are tiny: Winograd for every wide 3x3 layer
+  params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **kwargs)
+  _, _, auto_loss = meta_gradient_problem(model_name, auto, size, **kwargs)
   a = prospr_jax.prospr_saliency(params, batches, loss_fn=auto_loss)
   b = prospr_jax.prospr_saliency(params, batches, loss_fn=lax_loss)
   # float64 round-off differs between the implementations: compare against each layer's largest score.
@@ -159,7 +161,7 @@ def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, kwargs, m
 @pytest.mark.parametrize('kernel, strides, padding', [(3, (1, 1), 'SAME'), (3, (2, 2), 'VALID'),
                                                      (3, (2, 2), ((1, 2), (0, 1))), (1, (2, 2), 'SAME')])
 def test_lean_im2col_over_batch_chunks_equals_lax_conv_to_second_order(kernel, strides, padding):
-  lean = conv.resolve_conv_impl('im2col', 'cpu', column_mib=1e-6)  # one image per chunk: a loop of 3
+  lean = impls.resolve_conv_impl('im2col:1e-6', 'cpu')  # one image per chunk: a loop of 3
   x = jax.random.normal(jax.random.key(0), (3, 7, 6, 3))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
   ours = lambda x, w: lean(x, w, strides, padding, dimension_numbers=conv.NHWC)
@@ -174,7 +176,7 @@ def test_lean_winograd_over_batch_chunks_equals_lax_conv_to_second_order(shape, 
   x = jax.random.normal(jax.random.key(0), shape)
   w = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], 4))
   pads = conv._explicit_pads(x, w, (1, 1), padding)
-  ours = lambda x, w: conv.lean_winograd(1, tile)(x, w, (1, 1), pads)
+  ours = lambda x, w: lean.lean_winograd(1, tile)(x, w, (1, 1), pads)
   ref = lambda x, w: lax_conv(x, w, (1, 1), padding)
   assert_equal_to_second_order_and_under_vmap(ours, ref, x, w)
 
@@ -184,8 +186,8 @@ def test_a_gradient_through_lean_im2col_never_holds_the_whole_batchs_columns():
   x, w = jnp.ones((32, 16, 16, 16), jnp.float32), jnp.ones((3, 3, 16, 16), jnp.float32)
   columns_bytes = 32 * 16 * 16 * 3 * 3 * 16 * 4  # 4.7 MB
   temp = {}
-  for name, column_mib in (('im2col', None), ('lean', columns_bytes / 32 / 2**20)):  # lean: one image per chunk
-    conv_fn = conv.resolve_conv_impl('im2col', 'cpu', column_mib=column_mib)
+  for name, spec in (('im2col', 'im2col'), ('lean', f'im2col:{columns_bytes / 32 / 2**20}')):  # lean: one image a chunk
+    conv_fn = impls.resolve_conv_impl(spec, 'cpu')
     loss = lambda x, w, f=conv_fn: jnp.sum(jnp.tanh(f(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)))
     temp[name] = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().memory_analysis().temp_size_in_bytes
   assert temp['im2col'] > columns_bytes > 2 * temp['lean'], temp  # measured: 2.1x and 0.4x the columns
@@ -197,7 +199,7 @@ def test_a_gradient_through_lean_winograd_never_holds_the_whole_batchs_tiles():
   tiles_bytes = 32 * 8 * 8 * 16 * 64 * 4  # F(2x2, 3x3): 16 values per 2x2 output tile, 8.4 MB
   temp = {}
   for name, conv_fn in (('winograd', lambda x, w: winograd_conv(x, w, (1, 1), ((1, 1), (1, 1)))),
-                        ('lean', lambda x, w: conv.lean_winograd(3 * tiles_bytes // 32)(x, w, (1, 1), ((1, 1), (1, 1))))):
+                        ('lean', lambda x, w: lean.lean_winograd(3 * tiles_bytes // 32)(x, w, (1, 1), ((1, 1), (1, 1))))):
     loss = lambda x, w, f=conv_fn: jnp.sum(jnp.tanh(f(x, w)))  # lean: one image per chunk
     temp[name] = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().memory_analysis().temp_size_in_bytes
   # measured: 3.0x and 0.78x the tiles (the rest is x, y and their gradients: 2.1 MB each)
@@ -206,7 +208,7 @@ def test_a_gradient_through_lean_winograd_never_holds_the_whole_batchs_tiles():
 
 def test_the_lean_setting_runs_winograd_layers_as_lean_winograd_in_batch_chunks():
   x, w = jnp.ones((64, 8, 8, 64), jnp.float32), jnp.ones((3, 3, 64, 64), jnp.float32)
-  lean = conv.resolve_conv_impl('auto', 'cpu', column_mib=1)  # 64 images' tiles are 4 MiB, 3x that per op
+  lean = impls.resolve_conv_impl('auto:1', 'cpu')  # 64 images' tiles are 4 MiB, 3x that per op
   loss = lambda x, w: jnp.sum(jnp.tanh(lean(x, w, (1, 1), 'SAME', dimension_numbers=conv.NHWC)))
   hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).as_text()
   assert 'convolution' not in hlo and 'while' in hlo  # Winograd's matmuls, in chunk loops
@@ -215,7 +217,15 @@ def test_the_lean_setting_runs_winograd_layers_as_lean_winograd_in_batch_chunks(
 
 
 def test_lean_conv_settings_resolve_to_one_function_each_and_bad_budgets_are_refused():
-  assert conv.resolve_conv_impl('auto', 'cpu', column_mib=64) is conv.resolve_conv_impl('auto', 'cpu', column_mib=64)
-  assert conv.resolve_conv_impl('auto', 'gpu', column_mib=64) is None  # off-CPU: plain lax, the budget is moot
-  with pytest.raises(ValueError, match='conv_column_mib must be a positive number of MiB or None'):
-    conv.resolve_conv_impl('auto', 'cpu', column_mib=0)
+  assert impls.resolve_conv_impl('auto:64', 'cpu') is impls.resolve_conv_impl('auto:64.0', 'cpu')
+  assert impls.resolve_conv_impl('auto:64', 'gpu') is None  # off-CPU: plain lax, the budget is moot
+  for spec in ('auto:0', 'auto:-1', 'auto:nan', 'auto:inf', 'auto:', 'im2col:lots', 'canonical:64', 'lax:8'):
+    with pytest.raises(ValueError, match='the budget after ":" must be a positive number of MiB'):
+      impls.resolve_conv_impl(spec, 'cpu')
+
+
+def test_the_one_parser_reads_a_name_and_an_optional_budget():
+  assert impls.parse_conv_impl('auto') == ('auto', None)
+  assert impls.parse_conv_impl('im2col:32') == ('im2col', 32.0)
+  with pytest.raises(ValueError, match='unknown conv_impl .winograd:4.'):
+    impls.parse_conv_impl('winograd:4')

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import load_oracle, mlp_problem, oracle_batches, oracle_loss, oracle_params
 
 import prospr_jax
-from nets import load_oracle, mlp_problem, oracle_batches, oracle_loss, oracle_params
 
 
 def test_snip_equals_the_authors_snip_scores():
@@ -67,8 +67,8 @@ def test_every_registered_criterion_takes_the_common_signature(name):
 
 def test_structured_only_criteria_are_not_among_the_unstructured_names_and_configs_refuse_them_unstructured():
   from configs import default
-  from prospr_jax import validation
   from prospr_jax.criteria import registry
+  from prospr_jax.harness import validation
   structured_only = {name for name, criterion in registry.CRITERIA.items() if criterion.structured_only}
   assert structured_only == {'three_sp', 'three_sp_reinit', 'three_sp_rescale'}
   assert registry.UNSTRUCTURED == tuple(name for name in registry.CRITERIA if name not in structured_only)

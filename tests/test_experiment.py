@@ -1,7 +1,6 @@
 """The experiment harness end to end: prune.py, the configs, resume after a kill."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import prospr_jax
-from prospr_jax import experiment
+from prospr_jax.harness import experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -17,11 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_experiment import ROOT, final_params
 
 import prospr_jax
 from configs import default
-from prospr_jax import experiment, faults, trainer, workdir as workdir_lib
-from test_experiment import ROOT, final_params
+from prospr_jax.harness import experiment, reports, train_loop
+from prospr_jax.harness.records import PruneSpec
+from prospr_jax.harness.setup import make_setup
+from prospr_jax.runtime import faults, workdir as workdir_lib
 
 
 def small_config(**overrides):
@@ -134,7 +137,7 @@ def test_train_py_logs_the_mask_density_and_trains_a_valid_mask(tmp_path, saved_
 
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_writes_no_checkpoint_after_it(tmp_path):
   config = small_config(num_epochs=3, learning_rate=1e6, checkpoint_every_steps=1, mask_path='')
-  with pytest.raises(trainer.TrainingDiverged, match=r'(loss became (nan|inf)|parameters became NaN or infinite) at step \d+ .*learning_rate=1000000.0'):
+  with pytest.raises(train_loop.TrainingDiverged, match=r'(loss became (nan|inf)|parameters became NaN or infinite) at step \d+ .*learning_rate=1000000.0'):
     experiment.train_and_evaluate(config, tmp_path)
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()] if (
@@ -173,7 +176,8 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_pid(tmp_path):
 def test_the_table_of_a_structured_run_shows_weight_and_channel_sparsity():
   config = small_config(**{'prune.structured': True, 'prune.sparsity': 0.5})
   row = {'eval_top1': 0.9, 'eval_top5': 1.0}
-  table = experiment.format_results(config, {'criterion': 'prospr', 'weight_sparsity': 0.62, 'pruned': row})
+  table = reports.format_results(PruneSpec.of(config), 'small_cnn on digits', 2,
+                                 {'criterion': 'prospr', 'weight_sparsity': 0.62, 'pruned': row})
   assert 'weights' in table and 'channels' in table and '62.0%' in table and '50.0%' in table
 
 
@@ -224,14 +228,14 @@ def test_sigkill_at_every_stage_and_sigterm_mid_epoch_then_rerun_end_bit_identic
 # 10, small things: refused before any work, each a one-line fix.
 
 def test_a_variant_gets_its_own_default_workdir():
-  from prospr_jax import entry
-  assert str(entry.default_workdir('configs/cifar10_vgg16.py:runlocal', 'prune_and_train')) == \
+  from prospr_jax.harness import entry
+  assert str(entry.default_workdir('configs/cifar10_vgg16.py:runlocal')) == \
       'workdir/cifar10_vgg16_runlocal'
-  assert str(entry.default_workdir('configs/cifar10_vgg16.py', 'prune_and_train')) == 'workdir/cifar10_vgg16'
+  assert str(entry.default_workdir('configs/cifar10_vgg16.py')) == 'workdir/cifar10_vgg16'
 
 
 def test_start_over_empties_the_workdir_but_not_under_a_live_run(tmp_path):
-  from prospr_jax import entry
+  from prospr_jax.harness import entry
   (tmp_path / 'mask.npz').write_text('old')
   (tmp_path / 'pruned').mkdir()
   entry.start_over(tmp_path)
@@ -253,20 +257,21 @@ def test_start_over_empties_the_workdir_but_not_under_a_live_run(tmp_path):
     ({'prune.inner_lr': -0.1}, 'inner_lr must be positive'),
 ])
 def test_bad_values_are_refused_before_any_work(overrides, message):
-  from prospr_jax import validation
+  from prospr_jax.harness import validation
   with pytest.raises(validation.ConfigError, match=message):
     validation.validate_config(small_config(**overrides))
 
 
 def test_a_batch_larger_than_the_dataset_is_refused_before_pruning(tmp_path):
-  from prospr_jax import validation
+  from prospr_jax.harness import validation
   with pytest.raises(validation.ConfigError, match='batch_size=4096 is more than the 1438 training records'):
     experiment.prune_and_train(small_config(batch_size=4096), tmp_path)
   assert not (tmp_path / 'mask.npz').exists()
 
 
 def test_nan_in_the_pruning_batches_is_blamed_on_the_data_not_on_inner_lr():
-  from prospr_jax import pruning, sharding
+  from prospr_jax.harness import pruning
+  from prospr_jax.runtime import sharding
   batches = iter([{'image': np.full((4, 8, 8, 1), np.nan, np.float32), 'label': np.zeros(4, np.int32)}] * 2)
   with pytest.raises(ValueError, match='pruning batches .* hold NaN or Inf: check the dataset'):
     pruning._stacked_global_batches(batches, 2, sharding.make_mesh())
@@ -281,13 +286,17 @@ def test_a_field_that_matters_only_with_another_may_be_absent_from_an_older_work
     workdir_lib.check_config(tmp_path, small_config(**{'prune.structured': True}))
 
 
-def test_an_unset_field_may_be_absent_from_an_older_workdir_but_a_set_one_is_refused(tmp_path):
+def test_a_workdir_recorded_with_a_separate_column_budget_reads_as_the_one_conv_impl_field(tmp_path):
+  """conv_column_mib (a second field, unset or a budget) is folded into conv_impl: 'auto' + 64 is 'auto:64'."""
   recorded = small_config().to_dict()
-  recorded.pop('conv_column_mib')  # a workdir made before the field existed
-  (tmp_path / 'config.json').write_text(json.dumps(recorded))
+  (tmp_path / 'config.json').write_text(json.dumps({**recorded, 'conv_column_mib': None}))
   workdir_lib.check_config(tmp_path, small_config())  # unset: the run it records ran the same way
-  with pytest.raises(workdir_lib.WorkdirError, match='conv_column_mib'):
-    workdir_lib.check_config(tmp_path, small_config(conv_column_mib=64.0))
+  with pytest.raises(workdir_lib.WorkdirError, match='conv_impl'):
+    workdir_lib.check_config(tmp_path, small_config(conv_impl='auto:64'))
+  (tmp_path / 'config.json').write_text(json.dumps({**recorded, 'conv_column_mib': 64.0}))
+  workdir_lib.check_config(tmp_path, small_config(conv_impl='auto:64'))
+  with pytest.raises(workdir_lib.WorkdirError, match='conv_impl'):
+    workdir_lib.check_config(tmp_path, small_config())
 
 
 # Issue 31, 1. A sweep counts a cell only when its recorded config is the sweep's cell config.
@@ -419,14 +428,15 @@ def corrupt_sweep_json(workdir):
 
 
 def corrupt_rewind_cache(workdir):
-  from prospr_jax import after_training
+  from prospr_jax.sweep import after_training
   (workdir / after_training.REWIND_FILE).write_bytes(b'\x93garbage')
   setup = types.SimpleNamespace(variables={'params': {'w': np.zeros(2, np.float32)}})
   return workdir / after_training.REWIND_FILE, lambda: after_training.rewind_variables(None, setup, workdir, None)
 
 
 def corrupt_compact_msgpack(workdir):
-  from prospr_jax import compaction, files
+  from prospr_jax import files
+  from prospr_jax.models import compaction
   files.write_json(workdir / compaction.COMPACT_FILE, {'model': 'small_cnn', 'num_classes': 10, 'model_kwargs': {}})
   (workdir / compaction.VARIABLES_FILE).write_bytes(b'\xc1\xc1')
   return workdir / compaction.VARIABLES_FILE, lambda: compaction.load_compact(workdir)
@@ -435,7 +445,7 @@ def corrupt_compact_msgpack(workdir):
 @pytest.mark.parametrize('corrupt', [corrupt_results, results_without_top1, corrupt_sweep_json, corrupt_rewind_cache,
                                      corrupt_compact_msgpack], ids=lambda corrupt: corrupt.__name__)
 def test_a_corrupt_file_is_refused_in_one_line_naming_it_and_the_fix(tmp_path, corrupt):
-  from prospr_jax import entry
+  from prospr_jax.harness import entry
   path, read = corrupt(tmp_path)
   with pytest.raises(ValueError) as refused:
     read()
@@ -444,7 +454,8 @@ def test_a_corrupt_file_is_refused_in_one_line_naming_it_and_the_fix(tmp_path, c
 
 
 def test_a_corrupt_checkpoint_restored_by_step_is_one_line_naming_it(tmp_path):
-  from prospr_jax import checkpointing, entry
+  from prospr_jax.harness import entry
+  from prospr_jax.runtime import checkpointing
   checkpointer = checkpointing.Checkpointer(tmp_path)
   checkpointer.save(3, {'w': jnp.ones(4)}, {'w': jnp.ones(4)}, {'epoch': 1})
   checkpointer.wait()
@@ -477,7 +488,8 @@ def test_an_unwritable_file_is_named_and_a_failed_write_leaves_no_temporary_file
 def test_a_checkpoint_the_disk_has_no_room_for_is_refused_before_orbax_writes_any_of_it(tmp_path, monkeypatch):
   import collections
 
-  from prospr_jax import checkpointing, entry
+  from prospr_jax.harness import entry
+  from prospr_jax.runtime import checkpointing
   checkpointer = checkpointing.Checkpointer(tmp_path)
   usage = collections.namedtuple('usage', 'total used free')
   monkeypatch.setattr(checkpointing.shutil, 'disk_usage', lambda path: usage(2**30, 2**30, 1000))
@@ -492,7 +504,7 @@ def test_a_checkpoint_the_disk_has_no_room_for_is_refused_before_orbax_writes_an
 # 8. The compact network's files belong to the recorded config.
 
 def test_raising_num_epochs_deletes_the_old_ends_results_before_recording_the_new_config(tmp_path):
-  from prospr_jax import compaction
+  from prospr_jax.models import compaction
   with experiment.claimed(small_config(num_epochs=1), tmp_path):
     for name in ('results.json', compaction.TRAINED_FILE):
       (tmp_path / name).write_text('of the 1-epoch run')
@@ -503,7 +515,8 @@ def test_raising_num_epochs_deletes_the_old_ends_results_before_recording_the_ne
 
 
 def test_a_deleted_compact_variables_file_is_rewritten_and_one_of_other_shapes_is_refused(tmp_path):
-  from prospr_jax import compaction, files
+  from prospr_jax import files
+  from prospr_jax.models import compaction
   config = small_config(criterion='magnitude', **{'prune.structured': True, 'prune.sparsity': 0.5,
                                                   'prune.keep_one_per_layer': True})
   experiment.prune_and_train(config, tmp_path)
@@ -554,10 +567,10 @@ def test_a_lock_of_another_host_is_refused_even_when_its_pid_is_dead_here(tmp_pa
 
 @pytest.mark.parametrize('model', ['lenet5', 'vgg16'])
 def test_a_model_too_deep_for_the_input_is_refused_naming_the_input_size(model):
-  from prospr_jax import validation
+  from prospr_jax.harness import validation
   with pytest.raises(validation.ConfigError, match=f"config.model='{model}' is too deep for the 8x8x1 images of "
                                                    'digits: its output at Conv_.* is empty'):
-    experiment.make_setup(small_config(model=model))
+    make_setup(small_config(model=model))
 
 
 def test_all_and_more_criteria_together_name_every_one():
@@ -570,8 +583,8 @@ def test_a_sparsity_short_of_one_is_never_printed_as_100_percent():
   from prospr_jax import sparsity, sweep
   assert sparsity.percent(0.9999) == '99.99%' and sparsity.percent(0.9) == '90.0%' and sparsity.percent(0) == '0.0%'
   assert str(sweep.Cell('snip', 0.99999, 0)) == 'snip at 99.999% sparsity, seed 0'
-  table = experiment.format_results(small_config(), {'weight_sparsity': 0.9999, 'pruned': {'eval_top1': 0.1,
-                                                                                           'eval_top5': 0.5}})
+  table = reports.format_results(PruneSpec.of(small_config()), 'small_cnn on digits', 2,
+                                 {'weight_sparsity': 0.9999, 'pruned': {'eval_top1': 0.1, 'eval_top5': 0.5}})
   assert '99.99%' in table and '100.0%' not in table
 
 

@@ -4,9 +4,9 @@ import logging
 
 import pytest
 
-from prospr_jax import after_training, experiment, plots
 from prospr_jax.criteria import registry
-from prospr_jax.sweep import figure, grid as grid_lib, table
+from prospr_jax.harness import experiment, plots
+from prospr_jax.sweep import after_training, figure, grid as grid_lib, table
 
 CONFIG = {'model': 'lenet5', 'dataset': 'fashion_mnist', 'num_epochs': 10}
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import bn_cnn_problem, mlp_problem, unrolled_meta_loss
 
 import prospr_jax
-from nets import bn_cnn_problem, mlp_problem, unrolled_meta_loss
 
 EPS = 1e-6
 ENTRIES_PER_LAYER = 4

@@ -4,9 +4,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from nets import BatchNormCNN
 
 import prospr_jax
-from nets import BatchNormCNN
 
 
 def test_batchnorm_uses_batch_statistics_and_discards_the_running_ones():

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax import channel_scores
+from prospr_jax.channels import scores as channel_scores
 from prospr_jax.criteria import registry, structured
-from prospr_jax.models import conv, flops, get_model, plans, winograd
+from prospr_jax.models import flops, get_model, plans
+from prospr_jax.xla_cpu import conv, conv_impl, winograd
 
 
 def abstract(model, shape):
@@ -33,9 +34,9 @@ def test_flops_counted_from_shapes_equal_the_published_multiply_adds(name, class
 
 IMPLEMENTATIONS = {
     'lax': None,
-    'auto': conv.resolve_conv_impl('auto', 'cpu'),
-    'auto:32': conv.resolve_conv_spec('auto:32', 'cpu'),
-    'im2col': conv.resolve_conv_impl('im2col', 'cpu'),
+    'auto': conv_impl.resolve_conv_impl('auto', 'cpu'),
+    'auto:32': conv_impl.resolve_conv_impl('auto:32', 'cpu'),
+    'im2col': conv_impl.resolve_conv_impl('im2col', 'cpu'),
     'winograd': conv._make(winograd.winograd_conv, 'winograd'),
 }
 

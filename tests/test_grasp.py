@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import bn_cnn_problem, mlp_problem
 
 import prospr_jax
 from prospr_jax.criteria.grasp import hessian_gradient_product
-from nets import bn_cnn_problem, mlp_problem
 
 
 def quadratic_loss(params, x):

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from prospr_jax import host_memory
+from prospr_jax.xla_cpu import host_memory
 
 
 @pytest.fixture

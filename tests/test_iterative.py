@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import mlp_problem
 
 import prospr_jax
 from prospr_jax.criteria.iterative import exponential_schedule
-from nets import mlp_problem
 
 
 def test_the_exponential_schedule_multiplies_density_by_the_same_factor_each_round():

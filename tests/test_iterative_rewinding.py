@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 from test_after_training import assert_trees_equal, base_config, restore_state
 
-from prospr_jax import after_training, experiment, iterative_rewinding, masks as masks_lib, sweep, trainer
+from prospr_jax import mask_files, masks as masks_lib, sweep, topk
+from prospr_jax.harness import train_loop
+from prospr_jax.harness.records import Recipe
+from prospr_jax.harness.setup import make_setup
+from prospr_jax.sweep import after_training, iterative_rewinding
 
 NAME = after_training.LOTTERY_REWIND_ITERATIVE
 GRID = '0.36,0.5'  # round 2, and 50% between rounds 3 (48.8%) and 4: rounds 20%, 36%, 48.8%, then a shorter one
@@ -23,24 +27,25 @@ def cell(sparsity):
 
 @pytest.fixture(scope='module')
 def setup():
-  return experiment.make_setup(base_config())
+  return make_setup(base_config())
 
 
 @pytest.fixture(scope='module')
 def steps(setup):
-  return trainer.recipe_steps(base_config(), setup)[0]
+  return train_loop.recipe_steps(Recipe.of(base_config()), setup)[0]
 
 
 def spied_sweep(workdir, sparsities=GRID):
-  """Run the sweep; return its outcome and, per ``trainer.train`` call in order, (folder, variables, start step)."""
-  calls, real_train = [], trainer.train
+  """Run the sweep; return its outcome and, per ``train_loop.train`` call in order, (folder, variables, start step)."""
+  calls, real_train = [], train_loop.train
 
-  def spy(config, setup, mask, train_dir, title='', variables=None, start_step=0):
+  def spy(recipe, running, setup, mask, train_dir, title='', variables=None, start_step=0):
     calls.append((train_dir, jax.device_get(setup.variables if variables is None else variables), start_step))
-    return real_train(config, setup, mask, train_dir, title=title, variables=variables, start_step=start_step)
+    return real_train(recipe, running, setup, mask, train_dir, title=title, variables=variables,
+                      start_step=start_step)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(trainer, 'train', spy)
+    patch.setattr(train_loop, 'train', spy)
     outcome = sweep.run_sweep(base_config(), NAME, sparsities, 1, workdir)
   return outcome, calls
 
@@ -54,7 +59,7 @@ def swept(tmp_path_factory):
 
 
 def mask_of(workdir, sparsity, setup):
-  return masks_lib.load_masks(cell(sparsity).directory(workdir) / 'mask.npz', setup.variables['params'])
+  return mask_files.load_masks(cell(sparsity).directory(workdir) / 'mask.npz', setup.variables['params'])
 
 
 def flat(mask):
@@ -93,7 +98,7 @@ def test_each_round_removes_20_percent_of_the_remaining_weights_exactly(swept, s
     kept = int(flat(mask_of(workdir, sparsity, setup)).sum())
     assert kept == remaining - math.ceil(0.2 * remaining), sparsity
     remaining = kept
-  assert int(flat(mask_of(workdir, 0.5, setup)).sum()) == masks_lib.num_to_keep(total, 0.5)  # the shorter last round
+  assert int(flat(mask_of(workdir, 0.5, setup)).sum()) == topk.num_to_keep(total, 0.5)  # the shorter last round
 
 
 def test_masks_are_monotone_and_each_keeps_the_largest_weights_the_previous_round_trained(swept, setup, steps):
@@ -163,7 +168,7 @@ def test_a_round_whose_round_before_is_missing_or_collapsed_says_so_in_one_line(
     iterative_rewinding.previous_round(base_config(), setup, tmp_path)
   assert '\n' not in str(missing.value) and f'missing from {tmp_path} (an imported row keeps none)' in str(missing.value)
   (tmp_path / 'results.json').write_text(json.dumps({'collapsed': 'Dense_0 emptied'}))
-  with pytest.raises(masks_lib.LayerCollapseError, match='the round before, .*, emptied a layer: Dense_0 emptied'):
+  with pytest.raises(topk.LayerCollapseError, match='the round before, .*, emptied a layer: Dense_0 emptied'):
     iterative_rewinding.previous_round(base_config(), setup, tmp_path)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax import masks as masks_lib
+from prospr_jax import masks as masks_lib, topk
 
 
 def random_scores(seed=0):
@@ -50,8 +50,8 @@ def test_every_kept_score_is_at_least_every_pruned_score():
 
 def test_kept_count_is_exact_despite_float_round_off():
   # 10 * (1 - 0.7) is 3.0000000000000004 in floating point; the count is 3.
-  assert masks_lib.num_to_keep(10, 0.7) == 3
-  assert masks_lib.num_to_keep(1528, 0.9) == 153  # ceil(152.8)
+  assert topk.num_to_keep(10, 0.7) == 3
+  assert topk.num_to_keep(1528, 0.9) == 153  # ceil(152.8)
 
 
 def test_ties_are_broken_by_index_in_tree_order():

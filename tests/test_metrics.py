@@ -5,7 +5,7 @@ import struct
 
 from tensorboardX.proto import event_pb2
 
-from prospr_jax.metrics import MetricsWriter
+from prospr_jax.runtime.metrics import MetricsWriter
 
 
 def read_scalars(directory):

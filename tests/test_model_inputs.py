@@ -14,9 +14,9 @@ import optax
 import pytest
 from flax import nnx
 from flax.training import train_state
+from nets import MLP, BatchNormCNN, classification_batches
 
 import prospr_jax
-from nets import MLP, BatchNormCNN, classification_batches
 
 # nnx.BatchNorm keeps float32 running statistics; writing these float64 tests' batch statistics into them warns.
 pytestmark = pytest.mark.filterwarnings('ignore:scatter inputs have incompatible types:FutureWarning')

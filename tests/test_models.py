@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax.models import MODELS, batch_norm, get_model, pooling, vgg
+from prospr_jax.models import MODELS, batch_norm, get_model, vgg
+from prospr_jax.xla_cpu import pooling
 
 TORCHVISION_RESNETS = ('resnet18', 'resnet34', 'resnet50')  # small images need small_input (the CIFAR stem)
 
@@ -101,12 +102,12 @@ def test_vgg19_imagenet_head_average_pools_the_14x14_map_to_7x7():
 
 def test_adaptive_average_pool_matches_torch_windows():
   x = jnp.arange(2 * 5 * 4 * 1, dtype=jnp.float32).reshape(2, 5, 4, 1)
-  pooled = pooling.adaptive_avg_pool(x, (3, 2))
+  pooled = vgg.adaptive_avg_pool(x, (3, 2))
   # torch: rows [0, 2), [1, 4), [3, 5); columns [0, 2), [2, 4)
   expected = jnp.stack([jnp.stack([x[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in ((0, 2), (2, 4))], 1)
                         for r0, r1 in ((0, 2), (1, 4), (3, 5))], 1)
   np.testing.assert_allclose(pooled, expected, rtol=1e-6)
-  np.testing.assert_allclose(pooling.adaptive_avg_pool(x[:, :4], (2, 2)), nn.avg_pool(x[:, :4], (2, 2), (2, 2)))
+  np.testing.assert_allclose(vgg.adaptive_avg_pool(x[:, :4], (2, 2)), nn.avg_pool(x[:, :4], (2, 2), (2, 2)))
 
 
 @pytest.mark.parametrize('size', [8, 7])

@@ -3,9 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import ORACLE_LAYERS, load_oracle, oracle_batches, oracle_loss, oracle_params
 
 import prospr_jax
-from nets import ORACLE_LAYERS, load_oracle, oracle_batches, oracle_loss, oracle_params
 
 RTOL = 1e-9
 CASES = {

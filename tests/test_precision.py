@@ -13,7 +13,9 @@ from nets import ORACLE_LAYERS, load_oracle, oracle_batches, oracle_loss, oracle
 from test_oracle import RTOL, assert_close_relative
 
 import prospr_jax
-from prospr_jax import determinism, experiment, precision, stability, validation
+from prospr_jax import precision, stability
+from prospr_jax.harness import experiment, validation
+from prospr_jax.runtime import determinism
 
 to = lambda dtype, tree: jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 

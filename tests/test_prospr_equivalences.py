@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from nets import bn_cnn_problem, mlp_problem, unrolled_meta_loss
 
 import prospr_jax
-from nets import bn_cnn_problem, mlp_problem, oracle_loss, unrolled_meta_loss
 
 ALL_CLOSE = dict(rtol=1e-10, atol=1e-14)
 

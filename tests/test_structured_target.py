@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prospr_jax import distributions, experiment, structured_target, validation, workdir as workdir_lib
+from prospr_jax import distributions
+from prospr_jax.channels import target as structured_target
+from prospr_jax.harness import experiment, validation
 from prospr_jax.models import get_model, plans
+from prospr_jax.runtime import workdir as workdir_lib
 
 MASK_AT = functools.partial(distributions.make_mask, distribution='global', keep_one_per_layer=True)
 

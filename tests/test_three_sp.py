@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 import prospr_jax
-from prospr_jax import channel_scores, channels, experiment, initialization, pruned_network, pruning, seeds
+from prospr_jax import initialization
+from prospr_jax.channels import groups, scores as channel_scores
 from prospr_jax.criteria import registry, scores as scores_lib, structured
+from prospr_jax.harness import pruned_network, pruning, seeds
+from prospr_jax.harness.setup import make_setup
 from prospr_jax.models import get_model, init_variables, plans
 
 
@@ -23,10 +26,10 @@ def linear_loss(params, batch):
 PARAMS = {'l1': {'kernel': jnp.array([[1.0, 2.0]])}, 'l2': {'kernel': jnp.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])},
           'l3': {'kernel': jnp.ones((3, 1))}}
 BATCHES = (jnp.ones((1, 1, 1)), jnp.zeros((1, 1), jnp.int32))
-LINEAR_PLAN = channels.ChannelPlan('linear', (
-    channels.ChannelGroup('l1/kernel', 2, (channels.Slot(('l1',), (0, 1)),), readers=(channels.Slot(('l2',), (0, 1)),)),
-    channels.ChannelGroup('l2/kernel', 3, (channels.Slot(('l2',), (0, 1, 2)),),
-                          readers=(channels.Slot(('l3',), (0, 1, 2)),)),
+LINEAR_PLAN = groups.ChannelPlan('linear', (
+    groups.ChannelGroup('l1/kernel', 2, (groups.Slot(('l1',), (0, 1)),), readers=(groups.Slot(('l2',), (0, 1)),)),
+    groups.ChannelGroup('l2/kernel', 3, (groups.Slot(('l2',), (0, 1, 2)),),
+                          readers=(groups.Slot(('l3',), (0, 1, 2)),)),
 ))
 # x W1 = [1, 2], x W1 W2 = [1, 2, 3], z = 6, L = 18. dL/dc of a hidden unit: z * (its activation) * (its path to z):
 # layer 1, paths W2 W3 = [2, 2]: [6 * 1 * 2, 6 * 2 * 2] = [12, 24]; layer 2, paths W3 = 1: [6, 12, 18].
@@ -85,7 +88,7 @@ def test_the_harness_scores_3sp_as_structured_snip_per_flop_removed(tmp_path):
   config = default.get_config()
   config.criterion = 'three_sp'
   config.prune.update(structured=True, num_steps=0, batch_size=16)
-  setup = experiment.make_setup(config)
+  setup = make_setup(config)
   score = lambda name: pruning.compute_scores(dict_with(config, criterion=name), setup.model, setup.variables,
                                               setup.info, setup.train_source, setup.mesh)
   three_sp, snip = score('three_sp'), score('snip')
@@ -156,7 +159,7 @@ def three_sp_setup(criterion):
   config = ml_collections.ConfigDict({'criterion': criterion, 'ablation': 'none', 'seed': 0,
                                       'prune': {'structured': True}})
   plan = plans.channel_plan(model, setup.variables['params'])
-  mask = channels.ones(plan)
+  mask = groups.ones(plan)
   mask['Conv_0/kernel'][::2] = False
   return config, setup, plan, mask
 
@@ -166,7 +169,7 @@ def test_three_sp_reinit_starts_the_compact_network_from_its_own_initialiser():
   start = pruned_network.starting_variables(config, setup, mask)
   narrow, _ = prospr_jax.compact(setup.model, setup.variables, mask)
   fresh = init_variables(narrow, (8, 8, 1), seeds.criterion_reinit(0))
-  jax.tree.map(np.testing.assert_array_equal, channels.compact_tree(plan, mask, start), fresh)
+  jax.tree.map(np.testing.assert_array_equal, groups.compact_tree(plan, mask, start), fresh)
 
 
 def test_three_sp_rescale_starts_from_the_initial_weights_scaled_for_the_lost_inputs():

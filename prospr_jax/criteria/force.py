@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
+from prospr_jax import masks as masks_lib, topk
 from prospr_jax.criteria import iterative, model_inputs, scores as scores_lib
 from prospr_jax.criteria.snip import snip_gradient
 
@@ -40,7 +40,7 @@ def _iterative_snip(params, batches, *, loss_fn, sparsity, rounds, mask_fn, inve
 
 @model_inputs.accepts_models()
 def iterative_snip_saliency(params: ArrayTree, batches: ArrayTree, *, loss_fn: scores_lib.LossFn, sparsity: float,
-                            rounds: int = 60, mask_fn: iterative.MaskFn = masks_lib.global_topk_mask,
+                            rounds: int = 60, mask_fn: iterative.MaskFn = topk.global_topk_mask,
                             invert: bool = False, structured: bool = False,
                             prunable: masks_lib.Prunable | None = None,
                             round_batches: RoundBatches | None = None) -> ArrayTree:
@@ -55,7 +55,7 @@ def iterative_snip_saliency(params: ArrayTree, batches: ArrayTree, *, loss_fn: s
 
 @model_inputs.accepts_models()
 def force_saliency(params: ArrayTree, batches: ArrayTree, *, loss_fn: scores_lib.LossFn, sparsity: float,
-                   rounds: int = 60, mask_fn: iterative.MaskFn = masks_lib.global_topk_mask,
+                   rounds: int = 60, mask_fn: iterative.MaskFn = topk.global_topk_mask,
                    invert: bool = False, structured: bool = False,
                    prunable: masks_lib.Prunable | None = None,
                    round_batches: RoundBatches | None = None) -> ArrayTree:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
+from prospr_jax import masks as masks_lib, topk
 from prospr_jax.criteria import model_inputs, scores as scores_lib
 
 
@@ -34,7 +34,7 @@ def hessian_gradient_product(params: ArrayTree, batches: ArrayTree, mask: ArrayT
 
   ``H g = grad_w <grad_w L(w), stop_gradient(g)>`` (reverse over reverse): unlike
   ``jax.jvp`` of ``jax.grad`` it also runs through the custom-VJP convolutions
-  that make second-order passes fast on CPU (``models/conv.py``).
+  that make second-order passes fast on CPU (``xla_cpu/conv.py``).
   """
   weights, _ = _split(params, mask)
   batch_loss = lambda w, batch: loss_fn(_merge(params, mask, w), batch)
@@ -68,6 +68,6 @@ def grasp_saliency(
   _, vjp = jax.vjp(lambda c: masks_lib.apply_mask(params, c), mask)  # theta * Hg, summed per channel
   theta_hg = vjp(cotangent)[0]
   if scores_lib.is_concrete(theta_hg):
-    masks_lib.check_finite_scores(theta_hg)
+    topk.check_finite_scores(theta_hg)
   total = jnp.abs(sum(jnp.sum(s) for s in jax.tree.leaves(theta_hg)))
   return jax.tree.map(lambda s: s / total, theta_hg)

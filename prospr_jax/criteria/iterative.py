@@ -15,15 +15,14 @@ import jax
 import jax.numpy as jnp
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
-from prospr_jax.criteria import scores as scores_lib
+from prospr_jax import ablations, topk
 
 MaskFn = Callable[[ArrayTree, float], ArrayTree]
 
 
 def exponential_schedule(sparsity: float, rounds: int) -> list[float]:
   """Sparsity after each round: density ``d ** (r / R)`` for r = 1..R, ending exactly at ``sparsity``."""
-  masks_lib.check_sparsity(sparsity)
+  topk.check_sparsity(sparsity)
   if rounds < 1:
     raise ValueError(f'rounds must be >= 1, got {rounds}')
   density = 1.0 - sparsity
@@ -34,7 +33,7 @@ def exponential_schedule(sparsity: float, rounds: int) -> list[float]:
 def _round_scores(scores: ArrayTree, keep: ArrayTree, *, invert: bool, monotone: bool) -> ArrayTree:
   """Negate for the invert ablation; with ``monotone``, put pruned entries below every kept one."""
   if invert:
-    scores = scores_lib.invert_scores(scores)
+    scores = ablations.invert_scores(scores)
   if monotone:
     floor = jnp.min(jnp.stack([jnp.min(s) for s in jax.tree.leaves(scores)])) - 1.0
     scores = jax.tree.map(lambda s, k: jnp.where(k, s, floor), scores, keep)
@@ -70,7 +69,7 @@ def prune_iteratively(score_fn: Callable[[ArrayTree], ArrayTree], template: Arra
   pruned_in = jax.tree.map(lambda c: jnp.zeros(c.shape, jnp.int32), template)
   for round_index, round_sparsity in enumerate(exponential_schedule(sparsity, rounds), start=1):
     scores = score_fn(jax.tree.map(lambda k, c: k.astype(c.dtype), keep, template))
-    masks_lib.check_finite_scores(scores)
+    topk.check_finite_scores(scores)
     scores = _round_scores(scores, keep, invert=invert, monotone=monotone)
     new_keep = mask_fn(scores, round_sparsity)
     pruned_in = _record_pruned(pruned_in, keep, new_keep, jnp.int32(round_index))

@@ -68,8 +68,8 @@ def _first_order_meta_gradient(params, batches, mask, *, loss_fn, optimizer):
   """First order when ``dw_M/dw_0 = I``: ``grad_w L(w_M, D_M) * w_init`` (eq. 17) in one scan over all M + 1 batches.
 
   Step k carries ``grad L(w_k, D_k)``, so the last step's gradient is the meta-loss's (its update is dropped). One
-  loop body holds every temporary: a final gradient outside the loop gets its own (VGG-16, batch 256: 1.35 GiB of
-  XLA temporaries against 2.34, the train step's 1.32).
+  loop body holds every temporary: a final gradient outside the loop would get its own (benchmarks/README.md,
+  memory).
   """
   def step(carry, batch):
     weights, opt_state, _ = carry

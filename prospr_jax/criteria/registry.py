@@ -18,6 +18,7 @@ from typing import Any
 import jax
 from chex import ArrayTree
 
+from prospr_jax import ablations
 from prospr_jax.criteria import scores as scores_lib
 from prospr_jax.criteria.force import force_saliency, iterative_snip_saliency
 from prospr_jax.criteria.grasp import grasp_saliency
@@ -87,7 +88,7 @@ class Criterion:
     if self.prunes_in_rounds:
       return self.fn(params, batches, invert=invert, **kwargs)
     scores = self.fn(params, batches, **kwargs)
-    return scores_lib.invert_scores(scores) if invert else scores
+    return ablations.invert_scores(scores) if invert else scores
 
 
 CRITERIA: dict[str, Criterion] = {

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
+from prospr_jax import masks as masks_lib, topk
 from prospr_jax.criteria import structured as structured_lib
 
 LossFn = Callable[[ArrayTree, Any], jax.Array]
@@ -100,11 +100,6 @@ def gate_of(criterion: Callable) -> str:
   return getattr(criterion, 'channel_gate', OUTPUT)
 
 
-def invert_scores(scores: ArrayTree) -> ArrayTree:
-  """Negated scores: top-k then keeps what the criterion ranks lowest (the invert ablation)."""
-  return jax.tree.map(jnp.negative, scores)
-
-
 def is_concrete(tree: ArrayTree) -> bool:
   return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
@@ -115,7 +110,7 @@ def normalized_scores(gradients: ArrayTree, hint: str = '') -> ArrayTree:
   Outside ``jax.jit`` it raises ValueError naming any layer with NaN or Inf.
   """
   if is_concrete(gradients):
-    masks_lib.check_finite_scores(gradients, hint)
+    topk.check_finite_scores(gradients, hint)
   magnitudes = jax.tree.map(jnp.abs, gradients)
   total = sum(jnp.sum(m) for m in jax.tree.leaves(magnitudes))
   return jax.tree.map(lambda m: m / total, magnitudes)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
+from prospr_jax import masks as masks_lib, topk
 from prospr_jax.criteria import iterative, model_inputs, scores as scores_lib
 
 ApplyFn = Callable[[ArrayTree, jax.Array], jax.Array]
@@ -48,7 +48,7 @@ def synflow_saliency(
     apply_fn: ApplyFn,
     sparsity: float,
     rounds: int = 100,
-    mask_fn: iterative.MaskFn = masks_lib.global_topk_mask,
+    mask_fn: iterative.MaskFn = topk.global_topk_mask,
     invert: bool = False,
     input_shape: tuple[int, ...] | None = None,
     structured: bool = False,

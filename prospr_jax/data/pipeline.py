@@ -17,11 +17,11 @@ import grain
 import jax
 import numpy as np
 
-from prospr_jax import sharding
 from prospr_jax.data import transforms
 from prospr_jax.data.info import DatasetInfo
 from prospr_jax.data.sampler import GlobalBatchSampler
 from prospr_jax.data.sources import ArraySource
+from prospr_jax.runtime import sharding
 
 
 def _record_transforms(info: DatasetInfo, train: bool) -> list[Any]:
@@ -62,7 +62,7 @@ def train_loader(info: DatasetInfo, source: Sequence[Any], *, global_batch_size:
   """This process's share of endless training batches from ``start_step`` on, reshuffled every epoch.
 
   A grain ``DataLoader`` over the records; for in-memory data without augmentation, the same batches gathered
-  whole (about 50x faster for 28x28 images; ``worker_count`` is then unused).
+  whole (far faster for small images; ``worker_count`` is then unused).
   """
   processes = jax.process_count()
   sampler = GlobalBatchSampler(len(source), global_batch_size, processes, seed=seed, start_step=start_step)

@@ -16,7 +16,7 @@ import sys
 import grain
 import numpy as np
 
-from prospr_jax import sharding
+from prospr_jax.runtime import sharding
 
 
 class GlobalBatchSampler:

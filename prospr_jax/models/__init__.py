@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from prospr_jax.models.lenet import LeNet5, LeNet300100
 from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet20
 from prospr_jax.models.small_cnn import SmallCNN
 from prospr_jax.models.vgg import VGG
+from prospr_jax.xla_cpu import conv_impl as conv_impl_lib
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'small_cnn': SmallCNN,
@@ -36,6 +38,25 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; valid names: {", ".join(sorted(MODELS))}')
   return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def has_convolutions(model: nn.Module) -> bool:
+  """Whether ``model`` takes a convolution implementation (an MLP carries no such field)."""
+  return 'conv_general_dilated' in {field.name for field in dataclasses.fields(model)}
+
+
+def with_conv_impl(model: nn.Module, conv_impl: str) -> nn.Module:
+  """``model`` running its convolutions with ``conv_impl`` (``'auto'``, ``'im2col:64'``, ...; ``xla_cpu/conv_impl.py``);
+  a model without any as is."""
+  if not has_convolutions(model):
+    return model
+  return model.clone(conv_general_dilated=conv_impl_lib.resolve_conv_impl(conv_impl))
+
+
+def build_model(name: str, num_classes: int, model_kwargs: dict[str, Any], conv_impl: str = 'auto') -> nn.Module:
+  """The zoo model ``name`` as an experiment runs it: ``model_kwargs`` to its constructor, ``conv_impl`` for its
+  convolutions. The one constructor of the experiment and the sweep."""
+  return with_conv_impl(get_model(name, num_classes, **model_kwargs), conv_impl)
 
 
 @functools.lru_cache(maxsize=32)

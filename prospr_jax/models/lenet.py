@@ -15,14 +15,13 @@ import flax.linen as nn
 import jax
 
 from prospr_jax.models.initializers import torch_default_bias, torch_default_kernel, torch_dense
-from prospr_jax.models.pooling import max_pool_2x2
+from prospr_jax.xla_cpu.pooling import max_pool_2x2
 
 
 class LeNet300100(nn.Module):
   """LeNet-300-100: an MLP 784-300-100-classes with ReLU; 266,610 params for 10 classes."""
   num_classes: int = 10
   widths: tuple[int, int] = (300, 100)  # hidden units (compaction narrows them)
-  conv_general_dilated: Callable[..., Any] | None = None  # unused: the registry passes it to every model
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax.channels import ChannelGroup, ChannelPlan, Slot
+from prospr_jax.channels.groups import ChannelGroup, ChannelPlan, Slot
 from prospr_jax.models.lenet import LeNet5, LeNet300100
 from prospr_jax.models.resnet import ResNet, ResNet20
 from prospr_jax.models.small_cnn import SmallCNN

@@ -15,7 +15,7 @@
 
 BatchNorm everywhere: scale 1, bias 0 (PyTorch's default and flax's).
 
-Widths (what compaction, ``prospr_jax.compaction``, sets): ``stage_widths`` are
+Widths (what compaction, ``prospr_jax.models.compaction``, sets): ``stage_widths`` are
 the residual streams' channels, ``block_widths`` each block's inner convs';
 ResNet-20's ``shortcut_pads`` say how many zero channels its option-A shortcut
 puts below and above the previous stream. Shortcut kinds (identity, projection,

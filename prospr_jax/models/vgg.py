@@ -15,7 +15,7 @@ biases 0, BatchNorm scale 1 and bias 0.
 
 Widths: ``widths`` gives every conv's channels (default: the stack's, times
 ``width``), ``hidden`` the ImageNet head's two Dense layers; compaction
-(``prospr_jax.compaction``) sets both to the channels a structured mask keeps.
+(``prospr_jax.models.compaction``) sets both to the channels a structured mask keeps.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from prospr_jax.models.batch_norm import batch_norm
 from prospr_jax.models.initializers import he_normal_fan_out, torch_dense
-from prospr_jax.models.pooling import adaptive_avg_pool, vgg_max_pool
+from prospr_jax.xla_cpu.pooling import max_pool_2x2
 
 STACKS: dict[int, tuple[int | str, ...]] = {
     11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
@@ -37,6 +39,31 @@ STACKS: dict[int, tuple[int | str, ...]] = {
     19: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512),
 }
 classifier_init = nn.initializers.normal(0.01)  # torchvision's Linear init (the ImageNet head)
+
+
+def vgg_max_pool(x: jax.Array) -> jax.Array:
+  """VGG's 2x2 pool: ``max_pool_2x2`` on CPU, ``nn.max_pool`` elsewhere (equal in value and every derivative).
+
+  On XLA:CPU ``nn.max_pool``'s derivative is a ``reduce-window`` carrying four ``s32`` index arrays the size of the
+  pool's input; ``max_pool_2x2`` holds none, in the same time (``benchmarks/memory.py``, ``benchmarks/pooling_ab.py``).
+  Other platforms keep ``nn.max_pool``.
+  """
+  return max_pool_2x2(x) if jax.default_backend() == 'cpu' else nn.max_pool(x, (2, 2), (2, 2))
+
+
+def _pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """Row i averages torch's adaptive window ``[floor(i * n / m), ceil((i + 1) * n / m))``."""
+  matrix = np.zeros((size_out, size_in), np.float32)
+  for i in range(size_out):
+    start, end = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
+    matrix[i, start:end] = 1.0 / (end - start)
+  return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """torch's ``AdaptiveAvgPool2d(size)`` on NHWC for any input size, as two small averaging matrices."""
+  rows, cols = (jnp.asarray(_pool_matrix(n, m), x.dtype) for n, m in zip(x.shape[1:3], size))
+  return jnp.einsum('ih,jw,nhwc->nijc', rows, cols, x)
 
 
 class VGG(nn.Module):

@@ -31,16 +31,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from prospr_jax import (
-  after_training,
-  data,
-  experiment,
-  files,
-  iterative_rewinding,
-  masks as masks_lib,
-  workdir as workdir_lib,
-)
-from prospr_jax.models import conv as conv_lib, get_model
+from prospr_jax import data, files, models, topk
+from prospr_jax.harness import experiment
+from prospr_jax.runtime import workdir as workdir_lib
+from prospr_jax.sweep import after_training, iterative_rewinding
 from prospr_jax.sweep.grid import DENSE, Cell, cell_config
 
 RESULTS_FILE = experiment.RESULTS_FILE
@@ -142,9 +136,7 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
 def prunable_weights(config: ml_collections.ConfigDict) -> int:
   """The number of prunable weights (kernels: ``ndim > 1``) of the config's model, from shapes alone."""
   info = data.get_dataset_info(config.dataset)
-  model = get_model(config.model, info.num_classes, conv_general_dilated=conv_lib.resolve_conv_impl(
-                        config.conv_impl, column_mib=config.get('conv_column_mib')),
-                    **config.model_kwargs)
+  model = models.build_model(config.model, info.num_classes, config.model_kwargs, config.conv_impl)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                           jax.ShapeDtypeStruct((1, *info.input_shape), jnp.float32))
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes['params']) if len(leaf.shape) > 1)
@@ -194,7 +186,7 @@ def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path)
           after_training.run_reference(config, cell_dir, finished_dense_directory(cell, workdir, base))
         else:
           experiment.prune_and_train(config, cell_dir)
-      except masks_lib.LayerCollapseError as error:  # a result of the criterion, not a failure of the sweep
+      except topk.LayerCollapseError as error:  # a result of the criterion, not a failure of the sweep
         log.warning('sweep: %s: layer collapse, recorded as such (%s)', cell, error)
         results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': str(error),
                    'kept_weights': None, 'weight_sparsity': None}

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from prospr_jax import after_training
-from prospr_jax.sweep import cells as cells_lib
+from prospr_jax.sweep import after_training, cells as cells_lib
 from prospr_jax.sweep.grid import Cell, Grid, cell_overrides
 from prospr_jax.sweep.runner import prepare
 

@@ -22,8 +22,10 @@ import pathlib
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from prospr_jax import after_training, files, plots
+from prospr_jax import files
 from prospr_jax.criteria import registry
+from prospr_jax.harness import plots
+from prospr_jax.sweep import after_training
 from prospr_jax.sweep.grid import DENSE, Grid
 from prospr_jax.sweep.table import Summary, chance_top1, lookup, sparsity_labels, title
 

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from prospr_jax import after_training, paper_numbers, sparsity as sparsity_lib
+from prospr_jax import sparsity as sparsity_lib
 from prospr_jax.criteria import registry
+from prospr_jax.sweep import after_training, paper_numbers
 
 DENSE = 'dense'
 PAPER = 'paper'

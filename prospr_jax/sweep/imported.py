@@ -24,7 +24,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from prospr_jax import files, workdir as workdir_lib
+from prospr_jax import files
+from prospr_jax.runtime import workdir as workdir_lib
 from prospr_jax.sweep import cells as cells_lib, record
 from prospr_jax.sweep.grid import DENSE, Cell, Grid, cell_config
 

@@ -13,7 +13,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from prospr_jax import files, workdir as workdir_lib
+from prospr_jax import files
+from prospr_jax.runtime import workdir as workdir_lib
 from prospr_jax.sweep.grid import Grid
 
 SWEEP_FILE = 'sweep.json'

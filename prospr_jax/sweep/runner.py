@@ -26,9 +26,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from prospr_jax import after_training, files, host_memory, validation
-from prospr_jax.sweep import cells as cells_lib, figure, record, table
+from prospr_jax import files
+from prospr_jax.harness import validation
+from prospr_jax.sweep import after_training, cells as cells_lib, figure, record, table
 from prospr_jax.sweep.grid import Cell, Grid, cell_config, check_base_config, make_grid, parse_cell
+from prospr_jax.xla_cpu import host_memory
 
 log = logging.getLogger(__name__)
 

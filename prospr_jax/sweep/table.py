@@ -18,7 +18,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prospr_jax import after_training, data, paper_numbers
+from prospr_jax import data
+from prospr_jax.sweep import after_training, paper_numbers
 from prospr_jax.sweep.grid import DENSE, Grid
 
 MISSING = '—'

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax.channels import ChannelGroup, ChannelMask, ChannelPlan, Module, named_paths
+from prospr_jax.channels.groups import ChannelGroup, ChannelMask, ChannelPlan, Module, named_paths
 from prospr_jax.criteria import scores as scores_lib, structured as structured_lib
-
 
 Piece = tuple[Module, str, tuple[int, ...]]  # (module, leaf name, channels on the leaf's last axis)
 

@@ -58,12 +58,34 @@ ADDED_FIELDS = {'prune.structured_target': 'channels', 'prune.precision': 'float
                 'prune.check_stability': False, 'deterministic': False}
 
 
+# Configs recorded with a separate conv_column_mib field (a budget of MiB) read as conv_impl='auto:<MiB>'.
+CONV_FIELDS, BUDGETED_CONVS = ('conv_impl', 'prune.conv_impl'), ('auto', 'im2col')
+
+
+def one_conv_field(flat: dict[str, Any]) -> dict[str, Any]:
+  """``flat`` with a recorded ``conv_column_mib`` folded into its ``conv_impl`` fields, every budget written alike
+  (``'auto:64'``), so configs recorded before the fold compare equal to the ones that run the same way."""
+  flat = dict(flat)
+  legacy = flat.pop('conv_column_mib', None)
+  for key in CONV_FIELDS:
+    value = flat.get(key)
+    if isinstance(value, str) and value:
+      name, _, budget = value.partition(':')
+      budget = budget or (legacy if name in BUDGETED_CONVS else None)
+      try:
+        flat[key] = f'{name}:{float(budget):g}' if budget not in (None, '') else name
+      except ValueError:  # not a number: left as written, so it differs and the check names it
+        pass
+  return flat
+
+
 def differing_fields(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """Dotted names of the fields whose values differ (or that only one side has) and matter.
 
   An unset field (None) equals an absent one: a config recorded before the field existed ran without it.
   """
-  old, new = ({**ADDED_FIELDS, **flatten(recorded)}, {**ADDED_FIELDS, **flatten(current)})
+  old, new = ({**ADDED_FIELDS, **one_conv_field(flatten(recorded))},
+              {**ADDED_FIELDS, **one_conv_field(flatten(current))})
   differing = (key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
   return sorted(key for key in differing
                 if not (key in MATTERS_ONLY_WITH and not old.get(MATTERS_ONLY_WITH[key])

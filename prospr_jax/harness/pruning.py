@@ -20,48 +20,36 @@ import numpy as np
 from chex import ArrayTree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prospr_jax import (
-  ablations,
-  channel_scores,
-  data,
-  determinism,
-  distributions,
-  faults,
-  files,
-  losses,
-  masks as masks_lib,
-  plots,
-  pruned_network,
-  seeds,
-  sharding,
-  stability,
-  structured_target,
-)
+from prospr_jax import ablations, data, distributions, files, losses, mask_files, masks as masks_lib, models, stability
+from prospr_jax.channels import scores as channel_scores, target as structured_target
 from prospr_jax.criteria import prospr as prospr_lib, registry
-from prospr_jax.models import conv as conv_lib, flops, plans
+from prospr_jax.harness import plots, reports, seeds
+from prospr_jax.harness.records import PruneSpec
+from prospr_jax.models import flops, plans
+from prospr_jax.runtime import determinism, faults, sharding
 from prospr_jax.sparsity import SparsityReport, percent
 
 log = logging.getLogger(__name__)
 
 
-def mask_fn(config: ml_collections.ConfigDict):
-  """``(scores, sparsity) -> masks`` under ``config.distribution``."""
-  return functools.partial(distributions.make_mask, distribution=config.distribution,
-                           keep_one_per_layer=config.prune.keep_one_per_layer)
+def distributed_mask_fn(spec: PruneSpec):
+  """``(scores, sparsity) -> masks`` under the spec's distribution (global, uniform, erk)."""
+  return functools.partial(distributions.make_mask, distribution=spec.distribution,
+                           keep_one_per_layer=spec.keep_one_per_layer)
 
 
-def threshold(config: ml_collections.ConfigDict, model, params: ArrayTree, scores: ArrayTree) -> ArrayTree:
-  """The mask of ``scores`` at ``config.prune.sparsity``: of the entries, or with ``structured_target='weights'``
-  the fewest channels whose weights meet it (``structured_target.py``)."""
-  if config.prune.structured and config.prune.structured_target == 'weights':
+def threshold(spec: PruneSpec, model, params: ArrayTree, scores: ArrayTree) -> ArrayTree:
+  """The mask of ``scores`` at ``spec.sparsity``: of the entries, or with ``structured_target='weights'``
+  the fewest channels whose weights meet it (``channels/target.py``)."""
+  if spec.target == 'weights' and spec.structured:
     return structured_target.mask_for_weight_sparsity(plans.channel_plan(model, params), params, scores,
-                                                      config.prune.sparsity, mask_fn(config))
-  return mask_fn(config)(scores, config.prune.sparsity)
+                                                      spec.sparsity, distributed_mask_fn(spec))
+  return distributed_mask_fn(spec)(scores, spec.sparsity)
 
 
-def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: ArrayTree = None) -> dict[str, Any]:
-  """The keyword arguments of ``config.criterion``, read off its registry entry (and the model, for SynFlow)."""
-  criterion = registry.get_criterion(config.criterion)
+def criterion_kwargs(config: ml_collections.ConfigDict, criterion: registry.Criterion, model=None,
+                     variables: ArrayTree = None) -> dict[str, Any]:
+  """The keyword arguments of ``criterion`` (``config.criterion``'s registry entry; the model, for SynFlow)."""
   kwargs: dict[str, Any] = {'invert': config.ablation == 'invert', 'precision': config.prune.precision}
   if not config.prune.structured:  # structured scoring passes its own (channel_scores.score_channels)
     kwargs['structured'] = False
@@ -70,7 +58,7 @@ def criterion_kwargs(config: ml_collections.ConfigDict, model=None, variables: A
     kwargs['rng'] = seeds.random_criterion(config.seed)
   if criterion.prunes_in_rounds:
     kwargs.update(sparsity=config.prune.sparsity, rounds=config.prune.rounds or criterion.default_rounds,
-                  mask_fn=mask_fn(config))
+                  mask_fn=distributed_mask_fn(PruneSpec.of(config)))
   if criterion.needs_apply_fn and model is not None:
     kwargs['apply_fn'] = losses.flax_apply_fn(model, variables, absolute_state=True)
   return kwargs
@@ -80,13 +68,12 @@ def scoring_model(config: ml_collections.ConfigDict, model):
   """``model`` with the scoring's convolution (``config.prune.conv_impl``; unset: the training one)."""
   if not config.prune.conv_impl:
     return model
-  return model.clone(conv_general_dilated=conv_lib.resolve_conv_impl(config.prune.conv_impl,
-                                                                     column_mib=config.get('conv_column_mib')))
+  return models.with_conv_impl(model, config.prune.conv_impl)
 
 
-def loss_fn_for(config: ml_collections.ConfigDict, model, variables: ArrayTree):
+def loss_fn_for(config: ml_collections.ConfigDict, criterion: registry.Criterion, model, variables: ArrayTree):
   """Train-mode cross-entropy, divided by the criterion's temperature setting if it has one (GraSP)."""
-  setting = registry.get_criterion(config.criterion).temperature_setting
+  setting = criterion.temperature_setting
   return losses.flax_loss_fn(model, variables, temperature=config.prune[setting] if setting else 1.0,
                              rngs={'dropout': seeds.prune_dropout(config.seed)})
 
@@ -122,7 +109,7 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   """
   criterion = registry.get_criterion(config.criterion)
   model = scoring_model(config, model)
-  loss_fn = loss_fn_for(config, model, variables)
+  loss_fn = loss_fn_for(config, criterion, model, variables)
   loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size,
                              seed=seeds.prune_data(config.seed), worker_count=config.worker_count)
   batches = iter(loader)
@@ -139,7 +126,7 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   stacked = _stacked_global_batches(batches, count, mesh)
   if input_scale != 1.0:  # the stability check's nudged inputs
     stacked = {**stacked, 'image': stacked['image'] * input_scale}
-  kwargs = criterion_kwargs(config, model, variables)
+  kwargs = criterion_kwargs(config, criterion, model, variables)
   if criterion.batches_per_round:  # round r >= 1 reads the next ``count`` batches of the same stream
     kwargs['round_batches'] = lambda r: _stacked_global_batches(batches, count, mesh)
   return score(criterion, stacked, loss_fn=loss_fn, **kwargs)  # 3SP: score_channels costs the channels
@@ -165,17 +152,18 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   """
   start = time.perf_counter()
   log.info('Scoring with %s (%s), distribution %s, ablation %s, on %d batches of %d', config.criterion,
-           {k: v for k, v in criterion_kwargs(config).items() if k != 'mask_fn'}, config.distribution,
+           {k: v for k, v in criterion_kwargs(config, registry.get_criterion(config.criterion)).items()
+            if k != 'mask_fn'}, config.distribution,
            config.ablation, config.prune.num_steps + 1, config.prune.batch_size)
   # Scores of the global batch are replicated: every process thresholds the same values on its own.
   scores = sharding.host_value(compute_scores(config, model, variables, info, source, mesh))
   faults.point('scoring')
-  masks = threshold(config, model, variables['params'], scores)
+  masks = threshold(PruneSpec.of(config), model, variables['params'], scores)
   if config.ablation == 'shuffle':
     masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(config.seed))
   sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
   seconds = time.perf_counter() - start
-  report, weights = pruned_network.mask_reports(model, variables['params'], masks, config.prune.structured)
+  report, weights = reports.mask_reports(model, variables['params'], masks, config.prune.structured)
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
   checked = check_stability(config, model, variables, info, source, mesh, masks) if config.prune.check_stability \
       else None
@@ -191,8 +179,8 @@ def check_stability(config: ml_collections.ConfigDict, model, variables: ArrayTr
   other = config.copy_and_resolve_references()
   other.prune.precision = second.precision
   scores = sharding.host_value(compute_scores(other, model, variables, info, source, mesh, second.input_scale))
-  overlap = {'against': second.label, **stability.kept_overlap(masks, threshold(other, model, variables['params'],
-                                                                                 scores))}
+  again = threshold(PruneSpec.of(other), model, variables['params'], scores)
+  overlap = {'against': second.label, **stability.kept_overlap(masks, again)}
   if overlap['total'] < stability.WARN_BELOW:
     log.warning('The mask is not determined by the arithmetic: scored again (%s), it keeps only %.1f%% of the same '
                 'entries. Score with config.prune.precision=float64 (CPU) for a reproducible mask (docs/numerics.md)',
@@ -220,7 +208,7 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
 
   Structured: the report counts channels, and its ``weights`` the kernel entries those channels own.
   """
-  masks_lib.save_masks(workdir / 'scores.npz', scores)
+  mask_files.save_masks(workdir / 'scores.npz', scores)
   choice = {'criterion': config.criterion, 'distribution': config.distribution, 'ablation': config.ablation,
             'sparsity': config.prune.sparsity, 'structured': config.prune.structured}
   if config.prune.structured:
@@ -240,4 +228,4 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
                     'backend': jax.default_backend(), 'deterministic_ops': determinism.is_requested(),
                     **({'stability': checked} if checked is not None else {})})
   faults.point('pruning_files')
-  masks_lib.save_masks(workdir / 'mask.npz', masks)
+  mask_files.save_masks(workdir / 'mask.npz', masks)

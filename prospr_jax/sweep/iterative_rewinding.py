@@ -1,6 +1,6 @@
 """Iterative lottery ticket rewinding, the paper's "LTR after training": the rounds to a sparsity, each round's mask.
 
-Frankle et al. (2020, "Linear mode connectivity and the lottery ticket hypothesis"; 2021, "Pruning neural networks
+Frankle et al. (2020, "Linear mode connectivity and the lottery ticket hypothesis"; 2021, "PruneSpec neural networks
 at initialization: why are we missing the mark?") as facebookresearch/open_lth runs it (``lottery/runner.py``,
 ``pruning/sparse_global.py``): round 0 is the trained dense network; round k removes 20% of the weights round k - 1
 kept, those of smallest ``|w|`` in round k - 1's TRAINED network, over all prunable weights at once (kernels,
@@ -35,7 +35,11 @@ import ml_collections
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax import after_training, experiment, masks as masks_lib, trainer
+from prospr_jax import mask_files, masks as masks_lib, topk
+from prospr_jax.harness import train_loop
+from prospr_jax.harness.records import Recipe
+from prospr_jax.harness.setup import Setup
+from prospr_jax.sweep import after_training
 
 FRACTION = 0.2  # of the weights the previous round kept, removed by each round (open_lth's pruning_fraction)
 DECIMALS = 6  # a round's sparsity is rounded as the sweep rounds its cells' (``sweep.grid``)
@@ -70,7 +74,7 @@ def kept_after(sparsity: float, remaining: int, total: int) -> int:
   """How many weights the round at ``sparsity`` keeps of the ``remaining`` (of ``total``) the previous round kept."""
   if is_full_round(sparsity):
     return remaining - math.ceil(FRACTION * remaining)
-  return min(remaining, masks_lib.num_to_keep(total, sparsity))
+  return min(remaining, topk.num_to_keep(total, sparsity))
 
 
 def round_mask(params: ArrayTree, previous: ArrayTree, sparsity: float, *,
@@ -86,23 +90,23 @@ def round_mask(params: ArrayTree, previous: ArrayTree, sparsity: float, *,
   remaining = sum(int(np.sum(m)) for _, m in masks_lib.named_leaves(previous))
   keep = kept_after(sparsity, remaining, total)
   if keep == 0:
-    raise masks_lib.LayerCollapseError(f'the round at sparsity {sparsity} would keep none of the {remaining} weights '
+    raise topk.LayerCollapseError(f'the round at sparsity {sparsity} would keep none of the {remaining} weights '
                                        'left: lower the sparsity')
-  mask = masks_lib.global_topk_mask(scores, 1.0 - keep / total, keep_one_per_layer=keep_one_per_layer)
+  mask = topk.global_topk_mask(scores, 1.0 - keep / total, keep_one_per_layer=keep_one_per_layer)
   kept = sum(int(np.sum(m)) for _, m in masks_lib.named_leaves(mask))
   assert kept == keep, f'the round at sparsity {sparsity} kept {kept} weights, not {keep}'
   return mask
 
 
-def previous_round(config: ml_collections.ConfigDict, setup: experiment.Setup,
+def previous_round(config: ml_collections.ConfigDict, setup: Setup,
                    previous_dir: pathlib.Path) -> tuple[ArrayTree, ArrayTree]:
   """``(trained variables, mask)`` of the finished round in ``previous_dir``; its layer collapse is this round's."""
   done = previous_dir / 'results.json'
   if done.exists() and (collapse := json.loads(done.read_text()).get('collapsed')):
-    raise masks_lib.LayerCollapseError(f'the round before, {previous_dir}, emptied a layer: {collapse}')
-  steps_per_epoch, _ = trainer.recipe_steps(config, setup)
+    raise topk.LayerCollapseError(f'the round before, {previous_dir}, emptied a layer: {collapse}')
+  steps_per_epoch, _ = train_loop.recipe_steps(Recipe.of(config), setup)
   if (previous_dir / 'mask.npz').exists():
-    mask = masks_lib.load_masks(previous_dir / 'mask.npz', setup.variables['params'])
+    mask = mask_files.load_masks(previous_dir / 'mask.npz', setup.variables['params'])
     checkpoints = previous_dir / 'pruned' / after_training.CHECKPOINTS
     if (checkpoints / str(config.num_epochs * steps_per_epoch)).is_dir():
       return after_training.restore_variables(config, setup, checkpoints, config.num_epochs * steps_per_epoch,
@@ -120,7 +124,7 @@ def run_round(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, de
     raise ValueError(f'the round at sparsity {config.prune.sparsity} prunes the round at '
                      f'{previous_round_sparsity(config.prune.sparsity)}: give that cell as previous_dir')
 
-  def pruned_from(setup: experiment.Setup) -> tuple[ArrayTree, after_training.MaskOf]:
+  def pruned_from(setup: Setup) -> tuple[ArrayTree, after_training.MaskOf]:
     if previous_dir is None:
       trained = after_training.trained_variables(config, setup, pathlib.Path(dense_dir))
       previous = masks_lib.all_ones_mask(setup.variables['params'])

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib
-from prospr_jax.channels import ChannelMask, ChannelPlan, kernel_mask
+from prospr_jax import masks as masks_lib, topk
+from prospr_jax.channels.groups import ChannelMask, ChannelPlan, kernel_mask
 
 TARGETS = ('channels', 'weights')
 
@@ -33,7 +33,7 @@ def mask_for_weight_sparsity(plan: ChannelPlan, params: ArrayTree, scores: Chann
                              mask_at: Callable[[ChannelMask, float], ChannelMask]) -> ChannelMask:
   """The channel mask with the fewest channels, ``mask_at(scores, channel_sparsity)``, that keeps at least
   ``1 - sparsity`` of the kernel weights (a binary search over the kept count: more channels, more weights)."""
-  target = 1.0 - masks_lib.check_sparsity(sparsity)
+  target = 1.0 - topk.check_sparsity(sparsity)
   total = sum(int(np.size(s)) for _, s in masks_lib.named_leaves(scores))
   at = lambda count: mask_at(scores, 1.0 - count / total)
 

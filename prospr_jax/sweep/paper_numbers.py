@@ -1,6 +1,6 @@
 """The paper's appendix B (Tables 3-5, the numbers behind Figure 2): top-1 accuracy (%), mean ± std of the runs.
 
-Alizadeh et al., *Prospect Pruning*, ICLR 2022, appendix B "Numbers from Figure 2":
+Alizadeh et al., *Prospect PruneSpec*, ICLR 2022, appendix B "Numbers from Figure 2":
 Table 3 (ResNet-20, CIFAR-10), Table 4 (VGG-16, CIFAR-10), Table 5 (ResNet-18,
 Tiny-ImageNet), at the sparsities ``1 - 0.8**k`` for k = 1..18 (20.0% ... 98.2%).
 Only rows with all 18 values are kept (the extracted text lost the others);

@@ -16,22 +16,22 @@ import logging
 import math
 import pathlib
 import time
-from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 from chex import ArrayTree
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from prospr_jax import checkpointing, data, faults, plots, preemption, seeds, sharding, training
-from prospr_jax.metrics import MetricsWriter
-
-if TYPE_CHECKING:
-  from prospr_jax.experiment import Setup
+from prospr_jax import data
+from prospr_jax.harness import plots, seeds, train_steps
+from prospr_jax.harness.records import PruneSpec, Recipe, Running
+from prospr_jax.harness.setup import Setup
+from prospr_jax.models import compaction
+from prospr_jax.runtime import checkpointing, faults, preemption, sharding
+from prospr_jax.runtime.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ class TrainingDiverged(ValueError):
   """The training loss became NaN or infinite; the message names the step and the likely cause."""
 
 
-def evaluate(state: training.TrainState, setup: Setup, eval_fn, batch_size: int) -> dict[str, float]:
+def evaluate(state: train_steps.TrainState, setup: Setup, eval_fn, batch_size: int) -> dict[str, float]:
   sums = [sharding.host_value(eval_fn(state, sharding.global_batch(batch, setup.mesh)))
           for batch in data.eval_batches(setup.info, setup.eval_source, global_batch_size=batch_size)]
-  return training.summarize_eval(sums)
+  return train_steps.summarize_eval(sums)
 
 
 @jax.jit
@@ -51,7 +51,7 @@ def _all_finite(tree: ArrayTree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def check_finite(loss: jax.Array, step: int, steps_per_epoch: int, config: ml_collections.ConfigDict,
+def check_finite(loss: jax.Array, step: int, steps_per_epoch: int, learning_rate: float,
                  last_checkpoint: int | None, params: ArrayTree | None = None) -> None:
   """Raise ``TrainingDiverged`` unless the loss of ``step`` (1-based), and ``params`` if given, are finite."""
   value = float(sharding.host_value(loss))
@@ -61,7 +61,7 @@ def check_finite(loss: jax.Array, step: int, steps_per_epoch: int, config: ml_co
   kept = f'the checkpoint at step {last_checkpoint} is kept' if last_checkpoint else 'no checkpoint was written'
   raise TrainingDiverged(
       f'training diverged: {what} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}). '
-      f'The learning rate is the likely cause (config.learning_rate={config.learning_rate}): lower it and rerun '
+      f'The learning rate is the likely cause (config.learning_rate={learning_rate}): lower it and rerun '
       f'in a new --workdir (or with --start_over); {kept}.')
 
 
@@ -73,40 +73,40 @@ def compiled_steps(model: nn.Module, learning_rate: float, momentum: float, weig
   Flax modules hash by value, so the cells of a sweep reuse the compiled steps. No buffer donation: orbax's
   async save may still be reading the previous state.
   """
-  schedule = training.lr_schedule(learning_rate, steps_per_epoch, milestones, lr_decay)
-  optimizer = training.make_optimizer(learning_rate=schedule, momentum=momentum, weight_decay=weight_decay)
-  return (schedule, optimizer, jax.jit(functools.partial(training.train_step, model=model, optimizer=optimizer)),
-          jax.jit(functools.partial(training.eval_step, model=model)))
+  schedule = train_steps.lr_schedule(learning_rate, steps_per_epoch, milestones, lr_decay)
+  optimizer = train_steps.make_optimizer(learning_rate=schedule, momentum=momentum, weight_decay=weight_decay)
+  return (schedule, optimizer, jax.jit(functools.partial(train_steps.train_step, model=model, optimizer=optimizer)),
+          jax.jit(functools.partial(train_steps.eval_step, model=model)))
 
 
-def network_title(config: ml_collections.ConfigDict, network: str) -> str:
+def network_title(pruning: PruneSpec, network: str) -> str:
   """What a run trains, for its log lines and plot titles: ``pruned network (snip at 90.0% weight sparsity)``,
   ``compact network (snip at 50.0% channel sparsity)``, ``dense network``."""
   if network == 'dense':
     return 'dense network'
-  target = config.prune.get('structured_target', 'channels') if config.prune.structured else 'weights'
-  return f'{network} network ({config.criterion} at {config.prune.sparsity:.1%} {target.rstrip("s")} sparsity)'
+  return (f'{network} network ({pruning.criterion} at {pruning.sparsity:.1%} {pruning.target.rstrip("s")} '
+          'sparsity)')
 
 
-def recipe_steps(config: ml_collections.ConfigDict, setup: Setup):
-  """``(steps_per_epoch, (schedule, optimizer, train_step, eval_step))`` of the config's recipe on ``setup``."""
-  steps_per_epoch = data.steps_per_epoch(len(setup.train_source), config.batch_size)
-  return steps_per_epoch, compiled_steps(setup.model, config.learning_rate, config.momentum, config.weight_decay,
-                                         steps_per_epoch, tuple(config.lr_milestones), config.lr_decay)
+def recipe_steps(recipe: Recipe, setup: Setup):
+  """``(steps_per_epoch, (schedule, optimizer, train_step, eval_step))`` of ``recipe`` on ``setup``."""
+  steps_per_epoch = data.steps_per_epoch(len(setup.train_source), recipe.batch_size)
+  return steps_per_epoch, compiled_steps(setup.model, recipe.learning_rate, recipe.momentum, recipe.weight_decay,
+                                         steps_per_epoch, recipe.lr_milestones, recipe.lr_decay)
 
 
-def initial_state(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree,
-                  variables: ArrayTree | None = None, start_step: int = 0) -> training.TrainState:
+def initial_state(recipe: Recipe, seed: int, setup: Setup, mask: ArrayTree,
+                  variables: ArrayTree | None = None, start_step: int = 0) -> train_steps.TrainState:
   """The replicated state training starts from (before any checkpoint): ``variables * mask`` at ``start_step``."""
-  _, (_, optimizer, _, _) = recipe_steps(config, setup)
+  _, (_, optimizer, _, _) = recipe_steps(recipe, setup)
   variables = setup.variables if variables is None else variables
-  state = training.create_train_state(variables, mask, optimizer, seeds.train_dropout(config.seed))
-  return sharding.replicate(training.start_at(state, start_step) if start_step else state, setup.mesh)
+  state = train_steps.create_train_state(variables, mask, optimizer, seeds.train_dropout(seed))
+  return sharding.replicate(train_steps.start_at(state, start_step) if start_step else state, setup.mesh)
 
 
-def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, workdir: pathlib.Path,
+def train(recipe: Recipe, running: Running, setup: Setup, mask: ArrayTree, workdir: pathlib.Path,
           title: str = '', variables: ArrayTree | None = None, start_step: int = 0) -> dict[str, float]:
-  """Train ``variables * mask`` (default: ``setup.variables``) to ``config.num_epochs``, resuming from ``workdir``.
+  """Train ``variables * mask`` (default: ``setup.variables``) to ``recipe.num_epochs``, resuming from ``workdir``.
 
   ``title`` names the network in every epoch's log line and the learning curves (``network_title``).
 
@@ -117,9 +117,9 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
   """
   variables = setup.variables if variables is None else variables
   workdir.mkdir(parents=True, exist_ok=True)
-  steps_per_epoch, (schedule, _, train_step, eval_step) = recipe_steps(config, setup)
-  total_steps = config.num_epochs * steps_per_epoch
-  state = initial_state(config, setup, mask, variables, start_step)
+  steps_per_epoch, (schedule, _, train_step, eval_step) = recipe_steps(recipe, setup)
+  total_steps = recipe.num_epochs * steps_per_epoch
+  state = initial_state(recipe, running.seed, setup, mask, variables, start_step)
   initial_params = sharding.replicate(variables['params'], setup.mesh)
   checkpointer = checkpointing.Checkpointer(workdir / 'checkpoints')
   metrics = MetricsWriter(workdir)
@@ -130,11 +130,11 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
     epoch = EpochSums.from_meta(meta)
     log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', step, meta['epoch'], workdir)
   metrics.truncate_after(step)  # rows past the checkpoint (all of them when there is none) are redone
-  loader = data.train_loader(setup.info, setup.train_source, global_batch_size=config.batch_size,
-                             seed=seeds.train_data(config.seed), start_step=step, worker_count=config.worker_count)
+  loader = data.train_loader(setup.info, setup.train_source, global_batch_size=recipe.batch_size,
+                             seed=seeds.train_data(running.seed), start_step=step, worker_count=running.worker_count)
   batches = iter(loader)
 
-  check = functools.partial(check_finite, steps_per_epoch=steps_per_epoch, config=config)
+  check = functools.partial(check_finite, steps_per_epoch=steps_per_epoch, learning_rate=recipe.learning_rate)
   progress = tqdm.tqdm(total=total_steps, initial=step, unit='step',
                        disable=None if jax.process_index() == 0 else True,  # None: only on a terminal
                        desc=title or 'train', dynamic_ncols=True, mininterval=2.0)
@@ -157,8 +157,8 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
         faults.point('training', step)
         if step % steps_per_epoch == 0:
           row = {'epoch': step // steps_per_epoch, 'step': step, 'learning_rate': float(schedule(step - 1)),
-                 **epoch.means(), **evaluate(state, setup, eval_step, config.eval_batch_size),
-                 'images_per_second': len(epoch.loss) * config.batch_size / epoch.seconds()}
+                 **epoch.means(), **evaluate(state, setup, eval_step, recipe.eval_batch_size),
+                 'images_per_second': len(epoch.loss) * recipe.batch_size / epoch.seconds()}
           metrics.write(row)  # on disk (TensorBoard too) before its checkpoint commits
           progress.set_postfix(loss=f'{row["train_loss"]:.3f}', top1=f'{row["eval_top1"]:.2%}',
                                img_s=f'{row["images_per_second"]:.0f}')
@@ -167,7 +167,7 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
           save(step, {'epoch': row['epoch']})
           faults.point('checkpoint_save', step)
           epoch = EpochSums.empty()
-        elif preemption.requested() or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0):
+        elif preemption.requested() or (running.checkpoint_every_steps and step % running.checkpoint_every_steps == 0):
           save(step, {'epoch': step // steps_per_epoch, **epoch.to_meta()})
         if preemption.requested():
           raise preemption.Preempted(f'SIGTERM: saved a checkpoint at step {step}')
@@ -179,8 +179,8 @@ def train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree, work
   rows = metrics.rows()
   if jax.process_index() == 0 and rows:
     plots.plot_learning_curves(rows, workdir / 'learning_curves.png',
-                               title=f'{config.model} on {config.dataset}: {title or "training"}')
-  return rows[-1] if rows else evaluate(state, setup, eval_step, config.eval_batch_size)
+                               title=f'{running.label}: {title or "training"}')
+  return rows[-1] if rows else evaluate(state, setup, eval_step, recipe.eval_batch_size)
 
 
 @dataclasses.dataclass
@@ -221,3 +221,20 @@ class EpochSums:
     sums.loss, sums.accuracy = (list(np.asarray(saved[name]['values'], saved[name]['dtype']))
                                 for name in ('loss', 'accuracy'))
     return sums
+
+
+def export_trained(recipe: Recipe, seed: int, compact_setup: Setup, mask: ArrayTree, train_dir: pathlib.Path,
+                   workdir: pathlib.Path) -> None:
+  """Write the compact network's trained variables (newest checkpoint in ``train_dir``) next to ``compact.json``."""
+  checkpointer = checkpointing.Checkpointer(train_dir / 'checkpoints')
+  try:
+    initial = sharding.replicate(compact_setup.variables['params'], compact_setup.mesh)
+    state, _, _ = checkpointer.restore(initial_state(recipe, seed, compact_setup, mask), initial)
+  finally:
+    checkpointer.close()
+  trained = {**compact_setup.variables, 'params': state.params}
+  if 'batch_stats' in trained:
+    trained['batch_stats'] = state.batch_stats
+  trained = sharding.host_value(trained)
+  if jax.process_index() == 0:
+    compaction.save_trained(workdir, trained)

@@ -10,7 +10,7 @@ channel at ``spatial`` rows). A channel mask is ``{group name: (size,) bool}``.
 From it come the masks of every parameter of a channel (``expand``: kernel
 slices, biases, BatchNorm scale and offset, so a dead channel outputs exactly 0
 in train and eval mode) and the narrower variables (``compact_tree``); tied
-channels are scored as one in ``channel_scores.py``. Plans of the model zoo:
+channels are scored as one in ``channels/scores.py``. Plans of the model zoo:
 ``models/plans.py``. Pure jax and numpy: any params tree of nested dicts whose
 kernels are named ``<module>/kernel``.
 """

@@ -15,17 +15,21 @@ import pathlib
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 from absl import flags, logging
 from jax.experimental import multihost_utils
 
-from prospr_jax import determinism, experiment, files, host_memory, preemption, validation, workdir as workdir_lib
+from prospr_jax import files
 from prospr_jax.data import DatasetUnavailableError
-from prospr_jax.flag_parsing import report
+from prospr_jax.harness import validation
+from prospr_jax.harness.flag_parsing import report
+from prospr_jax.runtime import determinism, preemption, workdir as workdir_lib
+from prospr_jax.xla_cpu import host_memory
 
-JOBS = {'prune_and_train': experiment.prune_and_train, 'train_and_evaluate': experiment.train_and_evaluate}
 # Errors whose message names the problem and its fix: the user needs the message, not the traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                DatasetUnavailableError, validation.ConfigError, files.UnreadableFileError)
@@ -53,11 +57,12 @@ def initialize_distributed() -> None:
                              process_id=_PROCESS_ID.value, heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
-def default_workdir(config_filename: str, job: str) -> pathlib.Path:
-  """``workdir/<config name>[_<variant>][_train]``: a variant (``:runlocal``) never shares the full run's workdir."""
+def default_workdir(config_filename: str, suffix: str = '') -> pathlib.Path:
+  """``workdir/<config name>[_<variant>]<suffix>``: a variant (``:runlocal``) never shares the full run's workdir;
+  train.py's suffix ``_train`` keeps its runs apart from prune.py's."""
   file, _, variant = config_filename.partition(':')
   name = pathlib.Path(file).stem + (f'_{variant}' if variant else '')
-  return pathlib.Path('workdir') / (name if job == 'prune_and_train' else f'{name}_train')
+  return pathlib.Path('workdir') / (name + suffix)
 
 
 def start_over(workdir: pathlib.Path) -> None:
@@ -172,10 +177,11 @@ def start(config: ml_collections.ConfigDict) -> None:
   host_memory.release_heap_after_compiles()
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename: str, job: str) -> None:
-  """Run ``JOBS[job]`` in the workdir; what stops it ends the process with one line and a meaningful exit code."""
+def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename: str,
+        job: Callable[[ml_collections.ConfigDict, pathlib.Path], Any], workdir_suffix: str = '') -> None:
+  """Run ``job(config, workdir)``; what stops it ends the process with one line and a meaningful exit code."""
   start(config)
-  workdir_path = pathlib.Path(workdir) if workdir else default_workdir(config_filename, job)
+  workdir_path = pathlib.Path(workdir) if workdir else default_workdir(config_filename, workdir_suffix)
   made = first_missing_folder(workdir_path)
   try:
     check_workdir(workdir_path)
@@ -183,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, config_filename:
       start_over(workdir_path)
     if jax.process_index() == 0:
       print(f'workdir: {workdir_path.resolve()}', flush=True)
-    JOBS[job](config, workdir_path)
+    job(config, workdir_path)
   except (Exception, KeyboardInterrupt) as error:  # pylint: disable=broad-except
     failure = failure_of(error, workdir_path)
     if failure is None:

@@ -1,8 +1,7 @@
 """Hand the heap XLA's compiler freed back to the operating system as soon as a large program is compiled.
 
-glibc keeps the pages ``free`` returns: after compiling VGG-16's exact ProsPr program the process still holds the
-compiler's ~0.3-0.7 GiB of freed working memory, and the run's buffers come on top of it (measured by
-``benchmarks/compiler_heap.py``). ``malloc_trim(0)`` returns those pages. prune.py, train.py and sweep.py turn this on;
+glibc keeps the pages ``free`` returns: after compiling a large program (VGG-16's exact ProsPr) the process still
+holds the compiler's freed working memory, and the run's buffers come on top of it (``benchmarks/compiler_heap.py``). ``malloc_trim(0)`` returns those pages. prune.py, train.py and sweep.py turn this on;
 code that calls ``prospr_saliency`` itself can call ``release_heap_after_compiles()`` once at start-up.
 """
 

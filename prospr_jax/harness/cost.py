@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib, training
+from prospr_jax import masks as masks_lib
+from prospr_jax.harness import train_steps
 from prospr_jax.models import flops
 
 TIMED = ('train_step_seconds', 'latency_batch_1_seconds')  # plus latency at the eval batch size
+COST_FILE = 'compaction.json'  # the dense and the compact network side by side (a compacted run)
 
 
 def parameter_count(params: ArrayTree, mask: ArrayTree | None = None) -> int:
@@ -53,11 +55,11 @@ def xla_flops(model: nn.Module, variables: ArrayTree, input_shape: tuple[int, ..
 def _programs(model: nn.Module, variables: ArrayTree, mask: ArrayTree, input_shape: tuple[int, ...],
               num_classes: int, batch_size: int, eval_batch_size: int) -> tuple[dict[str, Callable[[], Any]], float]:
   """The timed calls of one network (compiled, warmed up) and the train step's peak bytes by XLA."""
-  optimizer = training.make_optimizer(learning_rate=0.01, momentum=0.9, weight_decay=5e-4)
-  state = training.create_train_state(variables, mask, optimizer, jax.random.key(0))
+  optimizer = train_steps.make_optimizer(learning_rate=0.01, momentum=0.9, weight_decay=5e-4)
+  state = train_steps.create_train_state(variables, mask, optimizer, jax.random.key(0))
   batch = {'image': _images(batch_size, input_shape),
            'label': jnp.arange(batch_size, dtype=jnp.int32) % num_classes}
-  step = jax.jit(functools.partial(training.train_step, model=model, optimizer=optimizer)).lower(state, batch).compile()
+  step = jax.jit(functools.partial(train_steps.train_step, model=model, optimizer=optimizer)).lower(state, batch).compile()
   memory = step.memory_analysis()
   peak = getattr(memory, 'peak_memory_in_bytes', 0) or (memory.temp_size_in_bytes + memory.argument_size_in_bytes
                                                          + memory.output_size_in_bytes)

@@ -6,9 +6,12 @@ from collections.abc import Collection
 
 import ml_collections
 
-from prospr_jax import ablations, data, distributions, masks as masks_lib, precision, sharding, structured_target
+from prospr_jax import ablations, data, distributions, precision, topk
+from prospr_jax.channels import target as structured_target
 from prospr_jax.criteria import registry
-from prospr_jax.models import MODELS, conv as conv_lib
+from prospr_jax.models import MODELS
+from prospr_jax.runtime import sharding
+from prospr_jax.xla_cpu import conv_impl
 
 
 class ConfigError(ValueError):
@@ -20,11 +23,11 @@ def _check_name(config: ml_collections.ConfigDict, field: str, valid: Collection
     raise ConfigError(f'config.{field}={config[field]!r}: valid names are {", ".join(sorted(valid))}')
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Every name known, every count in range, every batch splittable over the devices."""
-  for field, valid in (('dataset', data.DATASETS), ('model', MODELS), ('criterion', registry.CRITERIA),
-                       ('distribution', distributions.DISTRIBUTIONS), ('ablation', ablations.ABLATIONS),
-                       ('conv_impl', conv_lib.CONV_IMPLS)):
+def validate_config(config: ml_collections.ConfigDict, criteria: Collection[str] = tuple(registry.CRITERIA)) -> None:
+  """Every name known, every count in range, every batch splittable over the devices. ``criteria``: the names
+  ``config.criterion`` may take (the registry's; the sweep's after-training references pass theirs)."""
+  for field, valid in (('dataset', data.DATASETS), ('model', MODELS), ('criterion', criteria),
+                       ('distribution', distributions.DISTRIBUTIONS), ('ablation', ablations.ABLATIONS)):
     _check_name(config, field, valid)
   checks = [
       (config.num_epochs >= 0, f'config.num_epochs must be >= 0, got {config.num_epochs}'),
@@ -34,7 +37,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.prune.inner_lr > 0, f'config.prune.inner_lr must be positive, got {config.prune.inner_lr}'),
       (not config.prune.streamed or (config.criterion == 'prospr' and config.prune.first_order),
        'config.prune.streamed needs config.criterion="prospr" and config.prune.first_order=True'),
-      (config.prune.structured or not registry.get_criterion(config.criterion).structured_only,
+      (config.prune.structured or config.criterion not in registry.CRITERIA
+       or not registry.get_criterion(config.criterion).structured_only,
        (f'config.criterion={config.criterion!r} prunes channels, not single weights: set '
         f'config.prune.structured=True, or choose one of {", ".join(registry.UNSTRUCTURED)}')),
       (config.prune.structured_target in structured_target.TARGETS,
@@ -43,20 +47,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.prune.structured or config.prune.structured_target == 'channels',
        "config.prune.structured_target='weights' counts the weights of kept channels: set "
        'config.prune.structured=True (unstructured sparsity already counts weights)'),
-      (config.prune.conv_impl in ('', *conv_lib.CONV_IMPLS),
-       f'config.prune.conv_impl={config.prune.conv_impl!r}: valid names are "" (config.conv_impl), '
-       f'{", ".join(conv_lib.CONV_IMPLS)}'),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
   check_milestones(config.lr_milestones, config.num_epochs)
+  for field, spec in (('conv_impl', config.conv_impl), ('prune.conv_impl', config.prune.conv_impl or 'auto')):
+    try:
+      conv_impl.parse_conv_impl(spec)
+    except ValueError as error:
+      raise ConfigError(f'config.{field}: {error}' + (' ("" for config.conv_impl\'s)' if field != 'conv_impl' else '')) from None
   try:
     precision.check_precision(config.prune.precision)
   except ValueError as error:
     raise ConfigError(f'config.prune.{error}') from None
   try:
-    masks_lib.check_sparsity(config.prune.sparsity)
+    topk.check_sparsity(config.prune.sparsity)
   except ValueError as error:
     raise ConfigError(f'config.prune.{error}') from None
   for name, value in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size),

@@ -33,18 +33,11 @@ import jax.numpy as jnp
 import ml_collections
 from chex import ArrayTree
 
-from prospr_jax import (
-  checkpointing,
-  experiment,
-  files,
-  masks as masks_lib,
-  pruned_network,
-  pruning,
-  trainer,
-  training,
-  validation,
-  workdir as workdir_lib,
-)
+from prospr_jax import files, mask_files, masks as masks_lib, topk
+from prospr_jax.harness import experiment, pruning, reports, train_loop, train_steps, validation
+from prospr_jax.harness.records import PruneSpec, Recipe, Running
+from prospr_jax.harness.setup import Setup, make_setup
+from prospr_jax.runtime import checkpointing, workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +81,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     warnings.warn(f'{config.criterion} is deprecated: it is the one-shot reference, now '
                   f"{DEPRECATED[config.criterion]}; the paper's iterative LTR is {LOTTERY_REWIND_ITERATIVE}",
                   FutureWarning, stacklevel=2)
-  at_init = config.copy_and_resolve_references()
-  at_init.criterion = 'magnitude'  # the registry knows no reference; everything else is checked as for any cell
-  validation.validate_config(at_init)
+  validation.validate_config(config, criteria=(*REFERENCES, *DEPRECATED))  # everything else is checked as for any cell
   name = config.criterion
   checks = [
       (not config.prune.structured, f'{name} prunes single weights: set config.prune.structured=False'),
@@ -114,10 +105,10 @@ def magnitude_scores(params: ArrayTree) -> ArrayTree:
 
 def magnitude_mask(params: ArrayTree, sparsity: float, *, keep_one_per_layer: bool = False) -> ArrayTree:
   """One-shot global magnitude top-k: the ``ceil(N * (1 - sparsity))`` largest ``|w|`` over all prunable weights."""
-  return masks_lib.global_topk_mask(magnitude_scores(params), sparsity, keep_one_per_layer=keep_one_per_layer)
+  return topk.global_topk_mask(magnitude_scores(params), sparsity, keep_one_per_layer=keep_one_per_layer)
 
 
-def variables_of(setup: experiment.Setup, state: training.TrainState) -> ArrayTree:
+def variables_of(setup: Setup, state: train_steps.TrainState) -> ArrayTree:
   """``setup.variables`` with the params and the BatchNorm statistics of a ``TrainState``."""
   variables = {**setup.variables, 'params': state.params}
   if 'batch_stats' in setup.variables:
@@ -125,13 +116,13 @@ def variables_of(setup: experiment.Setup, state: training.TrainState) -> ArrayTr
   return variables
 
 
-def restore_variables(config: ml_collections.ConfigDict, setup: experiment.Setup, checkpoint_dir: pathlib.Path,
+def restore_variables(config: ml_collections.ConfigDict, setup: Setup, checkpoint_dir: pathlib.Path,
                       step: int, mask: ArrayTree | None = None) -> ArrayTree:
   """The variables in the trainer's checkpoint at ``step`` (of a run with ``mask``, default dense)."""
   if not (checkpoint_dir / str(step)).is_dir():
     raise MissingDenseRun(f'{checkpoint_dir} holds no checkpoint at step {step}')
   mask = masks_lib.all_ones_mask(setup.variables['params']) if mask is None else mask
-  template = trainer.initial_state(config, setup, mask)
+  template = train_loop.initial_state(Recipe.of(config), config.seed, setup, mask)
   checkpointer = checkpointing.Checkpointer(checkpoint_dir)
   try:
     state, _, _ = checkpointer.restore(template, template.params, step=step)
@@ -153,10 +144,10 @@ def check_dense_config(config: ml_collections.ConfigDict, dense_dir: pathlib.Pat
                                  f'config ({", ".join(differing)} differ): give the dense run of this config')
 
 
-def trained_variables(config: ml_collections.ConfigDict, setup: experiment.Setup,
+def trained_variables(config: ml_collections.ConfigDict, setup: Setup,
                       dense_dir: pathlib.Path) -> ArrayTree:
   """The dense run's variables at the end of its training: its checkpoint at ``num_epochs`` x steps per epoch."""
-  steps_per_epoch, _ = trainer.recipe_steps(config, setup)
+  steps_per_epoch, _ = train_loop.recipe_steps(Recipe.of(config), setup)
   try:
     return restore_variables(config, setup, dense_dir / CHECKPOINTS, config.num_epochs * steps_per_epoch)
   except MissingDenseRun as error:
@@ -164,14 +155,14 @@ def trained_variables(config: ml_collections.ConfigDict, setup: experiment.Setup
                           f'epochs); delete {dense_dir} and rerun the sweep to train it again') from None
 
 
-def rewind_variables(config: ml_collections.ConfigDict, setup: experiment.Setup, dense_dir: pathlib.Path,
+def rewind_variables(config: ml_collections.ConfigDict, setup: Setup, dense_dir: pathlib.Path,
                      scratch: pathlib.Path) -> ArrayTree:
   """The dense run's variables at the end of epoch 1: cached, its checkpoint, or recomputed in ``scratch`` (cached)."""
   cache = dense_dir / REWIND_FILE
   if cache.exists():
     log.info('Rewind point: %s', cache)
     return files.read_msgpack(cache, jax.device_get(setup.variables), fix='delete it: the next cell recomputes it')
-  steps_per_epoch, _ = trainer.recipe_steps(config, setup)
+  steps_per_epoch, _ = train_loop.recipe_steps(Recipe.of(config), setup)
   step = REWIND_EPOCH * steps_per_epoch
   if (dense_dir / CHECKPOINTS / str(step)).is_dir():
     log.info('Rewind point: the dense checkpoint at step %d in %s', step, dense_dir)
@@ -180,8 +171,8 @@ def rewind_variables(config: ml_collections.ConfigDict, setup: experiment.Setup,
            dense_dir, step, REWIND_EPOCH, scratch)
   short = config.copy_and_resolve_references()
   short.num_epochs = REWIND_EPOCH
-  trainer.train(short, setup, masks_lib.all_ones_mask(setup.variables['params']), scratch,
-                title=f'dense to epoch {REWIND_EPOCH}')
+  train_loop.train(Recipe.of(short), Running.of(short), setup, masks_lib.all_ones_mask(setup.variables['params']),
+                   scratch, title=f'dense to epoch {REWIND_EPOCH}')
   variables = restore_variables(short, setup, scratch / CHECKPOINTS, step)
   if jax.process_index() == 0:
     files.write_bytes(cache, flax.serialization.to_bytes(jax.device_get(variables)))
@@ -189,30 +180,30 @@ def rewind_variables(config: ml_collections.ConfigDict, setup: experiment.Setup,
   return variables
 
 
-def starting_point(config: ml_collections.ConfigDict, setup: experiment.Setup, trained: ArrayTree,
+def starting_point(config: ml_collections.ConfigDict, setup: Setup, trained: ArrayTree,
                    dense_dir: pathlib.Path, scratch: pathlib.Path) -> tuple[ArrayTree, int]:
   """``(variables, step)`` retraining starts from: the trained ones at step 0, or the rewind point after epoch 1."""
   if config.criterion == MAGNITUDE_AFTER_TRAINING:
     return trained, 0
-  steps_per_epoch, _ = trainer.recipe_steps(config, setup)
+  steps_per_epoch, _ = train_loop.recipe_steps(Recipe.of(config), setup)
   return rewind_variables(config, setup, dense_dir, scratch), REWIND_EPOCH * steps_per_epoch
 
 
 MaskOf = Callable[[ArrayTree], ArrayTree]  # trained params -> the cell's mask
 
 
-def prune_trained(config: ml_collections.ConfigDict, setup: experiment.Setup, trained: ArrayTree, mask_of: MaskOf,
+def prune_trained(config: ml_collections.ConfigDict, setup: Setup, trained: ArrayTree, mask_of: MaskOf,
                   workdir: pathlib.Path) -> ArrayTree:
   """The cell's mask: its ``mask.npz`` if written, else ``mask_of`` the trained params, written as pruning does."""
   path = workdir / 'mask.npz'
   if path.exists():  # written last by this step, under this same config (check_config)
     log.info('Using the mask already in %s', path)
-    return masks_lib.load_masks(path, setup.variables['params'])
+    return mask_files.load_masks(path, setup.variables['params'])
   start = time.perf_counter()
   params = jax.device_get(trained['params'])
   mask = jax.device_get(mask_of(params))
   seconds = time.perf_counter() - start
-  report, weights = pruned_network.mask_reports(setup.model, params, mask, False)
+  report, weights = reports.mask_reports(setup.model, params, mask, False)
   log.info('%s: pruned the trained weights to %.2f%% density in %.2f s:\n%s', config.criterion, 100 * report.density,
            seconds, report)
   if jax.process_index() == 0:
@@ -221,7 +212,7 @@ def prune_trained(config: ml_collections.ConfigDict, setup: experiment.Setup, tr
 
 
 def run_reference(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, dense_dir: str | pathlib.Path,
-                  pruned_from: Callable[[experiment.Setup], tuple[ArrayTree, MaskOf]] | None = None) -> dict[str, Any]:
+                  pruned_from: Callable[[Setup], tuple[ArrayTree, MaskOf]] | None = None) -> dict[str, Any]:
   """Prune a trained network, retrain it per ``config.criterion``, report; resumable (from ``pruned/``'s checkpoints).
 
   ``pruned_from(setup)``: the trained variables and how to mask them (default: the dense network in ``dense_dir``,
@@ -231,20 +222,21 @@ def run_reference(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     raise ValueError(f'{config.criterion} prunes in rounds: run it with iterative_rewinding.run_round')
   with experiment.claimed(config, workdir, validate=validate_config):
     check_dense_config(config, dense_dir)
-    setup = experiment.make_setup(config)
+    setup = make_setup(config)
     trained, mask_of = (pruned_from or functools.partial(_one_shot, config, dense_dir))(setup)
     mask = prune_trained(config, setup, trained, mask_of, workdir)
     variables, start_step = starting_point(config, setup, trained, dense_dir, workdir / REWIND_SCRATCH)
-    results = experiment.mask_results(config, setup, mask)
-    results['pruned'] = trainer.train(config, setup, mask, workdir / 'pruned', title=f'{config.criterion} pruned',
-                                      variables=variables, start_step=start_step)
+    results = reports.mask_results(PruneSpec.of(config), setup, mask)
+    results['pruned'] = train_loop.train(Recipe.of(config), Running.of(config), setup, mask, workdir / 'pruned',
+                                         title=f'{config.criterion} pruned', variables=variables,
+                                         start_step=start_step)
     if jax.process_index() == 0:
       files.write_json(workdir / 'results.json', results)
-      print(experiment.format_results(config, results), flush=True)
+      print(reports.format_results(PruneSpec.of(config), Running.of(config).label, config.num_epochs, results), flush=True)
     return results
 
 
 def _one_shot(config: ml_collections.ConfigDict, dense_dir: pathlib.Path,
-              setup: experiment.Setup) -> tuple[ArrayTree, MaskOf]:
+              setup: Setup) -> tuple[ArrayTree, MaskOf]:
   return trained_variables(config, setup, dense_dir), functools.partial(
       magnitude_mask, sparsity=config.prune.sparsity, keep_one_per_layer=config.prune.keep_one_per_layer)

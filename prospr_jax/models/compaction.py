@@ -8,7 +8,7 @@ train mode too, since BatchNorm's batch statistics of the kept channels are the
 same (dead channels are dropped, not zero). ``save_compact`` / ``load_compact``
 write and read it so it can be rebuilt anywhere with ``get_model``: the weights
 training starts from (written before it), or with ``trained=True`` the trained
-ones (``save_trained``, written by a run after training; ``pruned_network.export_trained``).
+ones (``save_trained``, written by a run after training; ``train_loop.export_trained``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 from chex import ArrayTree
 from etils import epath
 
-from prospr_jax import channels, files
+from prospr_jax import files
+from prospr_jax.channels import groups
 from prospr_jax.models import get_model, plans
 
 COMPACT_FILE = 'compact.json'
@@ -33,7 +34,7 @@ VARIABLES_FILE = 'compact_variables.msgpack'  # the weights training starts from
 TRAINED_FILE = 'compact_variables_trained.msgpack'  # after the run's last epoch
 
 
-def structured_plan(model: nn.Module, params: ArrayTree) -> channels.ChannelPlan:
+def structured_plan(model: nn.Module, params: ArrayTree) -> groups.ChannelPlan:
   """The channel plan of a zoo model (``models/plans.py``); ValueError for an architecture it does not know."""
   return plans.channel_plan(model, params)
 
@@ -46,9 +47,9 @@ def compact(model: nn.Module, variables: ArrayTree, mask: Mapping[str, Any]) -> 
   per-weight mask, one that empties a layer, an architecture without a plan.
   """
   plan = structured_plan(model, variables['params'])
-  mask = channels.check_mask(plan, mask)
+  mask = groups.check_mask(plan, mask)
   narrow = plans.narrowed(model, variables['params'], mask)
-  return narrow, channels.compact_tree(plan, mask, variables)
+  return narrow, groups.compact_tree(plan, mask, variables)
 
 
 def check_shapes(model: nn.Module, variables: ArrayTree, input_shape: tuple[int, ...]) -> None:

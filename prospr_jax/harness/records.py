@@ -1,0 +1,73 @@
+"""The config resolved once into small frozen records: what to prune, how to train, how to run.
+
+A driver (``experiment``, the sweep's references) resolves a validated
+``ConfigDict`` at its start; the functions below it take the record, or the
+one field, they read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSpec:
+  """What to prune: the criterion, how much, how the budget splits, the mask's form."""
+  criterion: str
+  sparsity: float
+  distribution: str
+  ablation: str
+  structured: bool
+  compact: bool
+  structured_target: str
+  keep_one_per_layer: bool
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict) -> PruneSpec:
+    prune = config.prune
+    return cls(config.criterion, prune.sparsity, config.distribution, config.ablation, prune.structured,
+               prune.compact, prune.get('structured_target', 'channels'), prune.keep_one_per_layer)
+
+  @property
+  def compacts(self) -> bool:
+    """A structured run that trains the compact (narrower) network, not the masked one."""
+    return self.structured and self.compact
+
+  @property
+  def target(self) -> str:
+    """What the sparsity counts: ``weights``, or with a channel mask ``channels`` (or the kept channels' weights)."""
+    return self.structured_target if self.structured else 'weights'
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How a network trains: epochs, batches, the optimizer and its learning-rate schedule."""
+  num_epochs: int
+  batch_size: int
+  eval_batch_size: int
+  learning_rate: float
+  momentum: float
+  weight_decay: float
+  lr_milestones: tuple[int, ...]
+  lr_decay: float
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict) -> Recipe:
+    return cls(config.num_epochs, config.batch_size, config.eval_batch_size, config.learning_rate, config.momentum,
+               config.weight_decay, tuple(config.lr_milestones), config.lr_decay)
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+  """How a run runs: its seed (every random stream derives from it), data workers, checkpoint cadence, its label."""
+  seed: int
+  worker_count: int
+  checkpoint_every_steps: int
+  label: str  # '<model> on <dataset>', for plot titles
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict) -> Running:
+    return cls(config.seed, config.worker_count, config.checkpoint_every_steps or 0,
+               f'{config.model} on {config.dataset}')
