@@ -28,6 +28,7 @@ from prospr_jax import ablations, files, initialization, mask_files, masks as ma
 from prospr_jax.channels import groups
 from prospr_jax.criteria import registry
 from prospr_jax.harness import cost, seeds
+from prospr_jax.harness.records import Recipe
 from prospr_jax.harness.setup import Setup
 from prospr_jax.models import compaction, plans
 
@@ -87,7 +88,7 @@ def build(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree,
     compaction.save_compact(workdir, config.model, setup.info.num_classes, config.model_kwargs.to_dict(), narrow,
                             small, widths=channel_counts(mask), input_shape=list(setup.info.input_shape))
   if jax.process_index() == 0 and not (workdir / cost.COST_FILE).exists():
-    write_costs(config, setup, compact_setup, ones, workdir)
+    write_costs(Recipe.of(config), setup, compact_setup, ones, workdir)
   log.info('Training the compact network: %s', plans.width_fields(narrow))
   return compact_setup, ones
 
@@ -97,16 +98,16 @@ def channel_counts(mask: ArrayTree) -> dict[str, list[int]]:
   return {name: [int(np.sum(m)), int(np.size(m))] for name, m in masks_lib.named_leaves(mask)}
 
 
-def write_costs(config: ml_collections.ConfigDict, setup: Setup, compact_setup: Setup, ones: ArrayTree,
+def write_costs(recipe: Recipe, setup: Setup, compact_setup: Setup, ones: ArrayTree,
                 workdir: pathlib.Path) -> dict[str, Any]:
   """Measure the dense and the compact network side by side; write ``compaction.json`` and log the table."""
   costs = cost.compare_costs(
       {'dense': (setup.model, setup.variables, masks_lib.all_ones_mask(setup.variables['params'])),
        'compact': (compact_setup.model, compact_setup.variables, ones)},
-      input_shape=setup.info.input_shape, num_classes=setup.info.num_classes, batch_size=config.batch_size,
-      eval_batch_size=config.eval_batch_size)
+      input_shape=setup.info.input_shape, num_classes=setup.info.num_classes, batch_size=recipe.batch_size,
+      eval_batch_size=recipe.eval_batch_size)
   files.write_json(workdir / cost.COST_FILE, {**costs, 'device': jax.devices()[0].device_kind,
-                                         'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size})
+                                         'batch_size': recipe.batch_size, 'eval_batch_size': recipe.eval_batch_size})
   table = cost.comparison_table(costs)
   log.info('Dense against compact (%s):\n%s', jax.devices()[0].device_kind, table)
   return costs

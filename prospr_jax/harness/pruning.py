@@ -64,11 +64,9 @@ def criterion_kwargs(config: ml_collections.ConfigDict, criterion: registry.Crit
   return kwargs
 
 
-def scoring_model(config: ml_collections.ConfigDict, model):
-  """``model`` with the scoring's convolution (``config.prune.conv_impl``; unset: the training one)."""
-  if not config.prune.conv_impl:
-    return model
-  return models.with_conv_impl(model, config.prune.conv_impl)
+def scoring_model(conv_impl: str, model):
+  """``model`` with the scoring's convolution (``config.prune.conv_impl``; '': the training one)."""
+  return models.with_conv_impl(model, conv_impl) if conv_impl else model
 
 
 def loss_fn_for(config: ml_collections.ConfigDict, criterion: registry.Criterion, model, variables: ArrayTree):
@@ -108,13 +106,13 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   as one (``channel_scores.score_channels``).
   """
   criterion = registry.get_criterion(config.criterion)
-  model = scoring_model(config, model)
+  model = scoring_model(config.prune.conv_impl, model)
   loss_fn = loss_fn_for(config, criterion, model, variables)
   loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size,
                              seed=seeds.prune_data(config.seed), worker_count=config.worker_count)
   batches = iter(loader)
   params = sharding.replicate(variables['params'], mesh)
-  score = _scorer(config, model, variables, params, info.input_shape)
+  score = _scorer(config.prune.structured, model, variables, params, info.input_shape)
   if config.prune.streamed:  # validate_config allows it only for first-order ProsPr
     scores = score(prospr_lib.prospr_saliency_streamed, _global_batches(batches, mesh), loss_fn=loss_fn,
                    num_steps=config.prune.num_steps, inner_lr=config.prune.inner_lr,
@@ -132,11 +130,11 @@ def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTre
   return score(criterion, stacked, loss_fn=loss_fn, **kwargs)  # 3SP: score_channels costs the channels
 
 
-def _scorer(config: ml_collections.ConfigDict, model, variables: ArrayTree, params: ArrayTree,
+def _scorer(structured: bool, model, variables: ArrayTree, params: ArrayTree,
             input_shape: tuple[int, ...]):
   """``score(fn, batches, **kwargs)``: ``fn`` on the params, or on the model's channel plan when structured
   (channel costs counted from shapes, the same under every convolution implementation)."""
-  if not config.prune.structured:
+  if not structured:
     return lambda fn, batches, **kwargs: fn(params, batches, **kwargs)
   plan = plans.channel_plan(model, params)
   positions = flops.output_positions(model, variables, input_shape)

@@ -51,7 +51,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   conv = getattr(model, 'conv_general_dilated', None)
   log.info('conv_impl %s on %s: %s', config.conv_impl, jax.default_backend(),
            'lax.conv_general_dilated' if conv is None else conv.__name__)
-  check_input_size(model, info, config)
+  check_input_size(model, info, config.model, config.dataset)
   variables = init_variables(model, info, seeds.model_init(config.seed))
   mesh = sharding.make_mesh()
   sharding.assert_same_on_every_process(np.array([len(train_source), len(eval_source)]),
@@ -64,7 +64,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   return Setup(info, model, variables, mesh, train_source, eval_source)
 
 
-def check_input_size(model: nn.Module, info: data.DatasetInfo, config: ml_collections.ConfigDict) -> None:
+def check_input_size(model: nn.Module, info: data.DatasetInfo, model_name: str, dataset: str) -> None:
   """Refuse a model whose layers shrink the dataset's images to nothing (VGG-16's pools on 8x8 digits), naming the
   layer and the input size, before its initialiser divides by zero or its scores turn NaN."""
   emptied = []
@@ -85,6 +85,6 @@ def check_input_size(model: nn.Module, info: data.DatasetInfo, config: ml_collec
       raise
   if emptied:
     size = 'x'.join(map(str, info.input_shape))
-    raise validation.ConfigError(f'config.model={config.model!r} is too deep for the {size} images of '
-                                 f'{config.dataset}: its output at {emptied[0]} is empty; choose a model for inputs '
+    raise validation.ConfigError(f'config.model={model_name!r} is too deep for the {size} images of '
+                                 f'{dataset}: its output at {emptied[0]} is empty; choose a model for inputs '
                                  'this small (small_cnn, lenet300) or a dataset with larger images')
