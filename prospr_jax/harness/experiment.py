@@ -56,7 +56,7 @@ def prune_and_train(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       mask = pruning.prune(config, setup.model, setup.variables, setup.info, setup.train_source, setup.mesh,
                            workdir)
     results = reports.mask_results(prune_spec, setup, mask)
-    pruned_setup, pruned_mask = pruned_network.build(config, setup, mask, workdir)  # compact: saved, measured
+    pruned_setup, pruned_mask = pruned_network.network_to_train(config, setup, mask, workdir)  # compact: saved, measured
     if recipe.num_epochs == 0:
       return results
     network = 'compact' if prune_spec.compacts else 'pruned'
@@ -90,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       entries, weights = reports.mask_reports(setup.model, params, mask, structured=False)
     log.info('Training with %.2f%% of the prunable weights (%s):\n%s', 100 * weights.density,
              config.mask_path or 'dense', entries)
-    train_setup, train_mask = pruned_network.build(config, setup, mask, workdir) if config.mask_path else (setup, mask)
+    train_setup, train_mask = pruned_network.network_to_train(config, setup, mask, workdir) if config.mask_path else (setup, mask)
     title = (f'{"compact" if prune_spec.compacts else "masked"} network ({1 - weights.density:.1%} weight sparsity, '
              f'{config.mask_path})' if config.mask_path else train_loop.network_title(prune_spec, 'dense'))
     result = train_loop.train(recipe, running, train_setup, train_mask, workdir, title=title)

@@ -73,8 +73,8 @@ def starting_variables(config: ml_collections.ConfigDict, setup: Setup, mask: Ar
   return variables
 
 
-def build(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree,
-          workdir: pathlib.Path) -> tuple[Setup, ArrayTree]:
+def network_to_train(config: ml_collections.ConfigDict, setup: Setup, mask: ArrayTree,
+                     workdir: pathlib.Path) -> tuple[Setup, ArrayTree]:
   """``(setup of the network to train, its mask)``: compact (mask all ones) or full width with the weight mask."""
   variables = starting_variables(config, setup, mask)
   if not (config.prune.structured and config.prune.compact):
