@@ -41,11 +41,12 @@ _moved.install()
 
 _LAZY_FLAX_NAMES = {'compact': 'prospr_jax.models.compaction', 'load_compact': 'prospr_jax.models.compaction',
               'channel_plan': 'prospr_jax.models.plans', 'output_positions': 'prospr_jax.models.flops',
-              'layer_flops': 'prospr_jax.models.flops'}
+              'layer_flops': 'prospr_jax.models.flops', 'export': 'prospr_jax.harness.export',
+              'load_exported': 'prospr_jax.harness.export_formats'}
 
 
 def __getattr__(name: str):
-  """Compaction and the zoo's channel plans import Flax: loaded on first use, so the core never needs it."""
+  """Compaction, the zoo's channel plans and export import Flax: loaded on first use, so the core never needs it."""
   if name in _LAZY_FLAX_NAMES:
     import importlib
     return getattr(importlib.import_module(_LAZY_FLAX_NAMES[name]), name)
