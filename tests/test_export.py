@@ -92,8 +92,7 @@ def test_the_safetensors_file_holds_the_weights_mask_and_what_rebuilds_the_model
   variables, metadata = prospr_jax.load_exported(output / 'weights.safetensors')
   assert metadata['model'] == 'small_cnn' and metadata['input_shape'] == [8, 8, 1] and metadata['trained']
   assert ('mask' in variables) == (network.kind == 'masked')
-  model = models.get_model(metadata['model'], metadata['num_classes'],
-                                      **deployed_network.hashable(metadata['model_kwargs']))
+  model = models.get_model(metadata['model'], metadata['num_classes'], **metadata['model_kwargs'])
   weights = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
   for size in BATCH_SIZES:
     x = images(network, size)

@@ -25,7 +25,7 @@ from chex import ArrayTree
 from prospr_jax import files, mask_files, masks as masks_lib, models
 from prospr_jax.channels import groups
 from prospr_jax.data import info as data_info
-from prospr_jax.harness import seeds, train_steps
+from prospr_jax.harness import export_formats, seeds, train_steps
 from prospr_jax.harness.records import Recipe
 from prospr_jax.models import compaction, plans
 from prospr_jax.runtime import checkpointing, workdir as workdir_lib
@@ -50,13 +50,6 @@ class Network:
 
   def apply(self, images: jax.Array) -> jax.Array:
     return self.model.apply(self.variables, images, train=False)
-
-
-def hashable(value: Any) -> Any:
-  """JSON lists back to tuples: flax modules hash their fields."""
-  if isinstance(value, dict):
-    return {key: hashable(v) for key, v in value.items()}
-  return tuple(hashable(v) for v in value) if isinstance(value, list) else value
 
 
 def load_network(workdir: str | pathlib.Path, trained: bool = True) -> Network:
@@ -102,7 +95,7 @@ def _masked(workdir: pathlib.Path, config: dict[str, Any], trained: bool) -> Net
     raise NoFinishedRun(f'{workdir} holds no finished run (trained {epochs} of {config["num_epochs"]} epochs in '
                         f'{folder}): rerun its prune.py or train.py command to the end first')
   dataset = data_info.get_dataset_info(config['dataset'])
-  kwargs = hashable(config['model_kwargs'])
+  kwargs = export_formats.hashable(config['model_kwargs'])
   model = models.build_model(config['model'], dataset.num_classes, kwargs, 'lax')
   initial = models.init_variables(model, dataset.input_shape, seeds.model_init(config['seed']))
   state, initial_params = _restore(folder, ml_collections.ConfigDict(config), initial,

@@ -50,7 +50,7 @@ def max_difference(fn: Callable[[Any], Any], reference: Callable[[Any], Any], ba
 
 def safetensors_model(variables: dict[str, Any], metadata: dict[str, Any]) -> Callable[[Any], Any]:
   """The zoo model rebuilt from a safetensors file's metadata, applied to its variables (mask left out)."""
-  model = get_model(metadata['model'], metadata['num_classes'], **deployed_network.hashable(metadata['model_kwargs']))
+  model = get_model(metadata['model'], metadata['num_classes'], **metadata['model_kwargs'])
   weights = {key: value for key, value in variables.items() if key != 'mask'}
   return jax.jit(lambda images: model.apply(weights, images, train=False))
 

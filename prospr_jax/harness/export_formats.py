@@ -84,6 +84,13 @@ def write_onnx(apply: Callable[[jax.Array], jax.Array], input_shape: Sequence[in
   return load_exported(path)
 
 
+def hashable(value: Any) -> Any:
+  """JSON lists back to tuples: flax modules hash their fields."""
+  if isinstance(value, dict):
+    return {key: hashable(v) for key, v in value.items()}
+  return tuple(hashable(v) for v in value) if isinstance(value, list) else value
+
+
 def flatten(tree: ArrayTree, prefix: str) -> dict[str, np.ndarray]:
   """``{'<prefix>/<layer>/<name>': array}`` for every leaf that is not None."""
   leaves = jax.tree_util.tree_leaves_with_path(tree)
@@ -122,8 +129,9 @@ def load_exported(path: str | pathlib.Path) -> Any:
   ``.onnx``: a callable ``images -> logits`` running the model in onnxruntime.
   ``.safetensors``: ``(variables, metadata)``: ``{'params': ..., 'batch_stats': ..., 'mask': ...}`` as nested
   dicts of numpy arrays (``mask`` only for a masked network) and the model's ``model``, ``num_classes``,
-  ``model_kwargs``, ``input_shape``; ``prospr_jax.models.get_model(metadata['model'], metadata['num_classes'],
-  **metadata['model_kwargs'])`` rebuilds the model for ``model.apply(variables, images, train=False)``.
+  ``model_kwargs`` (lists as tuples), ``input_shape``; ``prospr_jax.models.get_model(metadata['model'],
+  metadata['num_classes'], **metadata['model_kwargs'])`` rebuilds the model for
+  ``model.apply(variables, images, train=False)``.
   """
   path = pathlib.Path(path)
   if not path.exists():
@@ -142,5 +150,7 @@ def load_exported(path: str | pathlib.Path) -> Any:
     with safe_open(str(path), framework='numpy') as opened:
       flat = {name: opened.get_tensor(name) for name in opened.keys()}
       metadata = {key: json.loads(value) for key, value in (opened.metadata() or {}).items()}
+    if 'model_kwargs' in metadata:
+      metadata['model_kwargs'] = hashable(metadata['model_kwargs'])  # tuples, as the model's fields
     return unflatten(flat), metadata
   raise ValueError(f'{path}: not an exported file (.stablehlo, .onnx or .safetensors)')
