@@ -43,7 +43,8 @@ def _optional(parameter: inspect.Parameter) -> inspect.Parameter:
 def _model_note(name: str) -> str:
   """The docstring paragraph a wrapped criterion gains: what ``name`` defaults to from a model."""
   return (f'\n\n  ``params`` may also be a Flax TrainState or an NNX module; ``{name}`` then defaults to the '
-          f"model's ({_DEFAULTS[name]}), see ``prospr_jax.criteria.model_inputs``.\n")
+          f"model's ({_DEFAULTS[name]}; ``train_kwarg`` names a linen train flag other than ``train``), see "
+          '``prospr_jax.criteria.flax_models``.\n')
 
 
 def _optional_signature(fn: Callable[..., Any], names: tuple[str, ...]) -> inspect.Signature:
