@@ -61,13 +61,13 @@ def mode_kwargs(module: Any, *, train: bool, train_kwarg: str | None, stateful: 
   ``train_kwarg`` names the argument of ``module.__call__`` that switches
   train mode (``FIND``: ``train`` if it takes one; None: none). A module with
   state (BatchNorm) and no argument found is refused, not silently run in
-  whatever mode it defaults to, unless ``apply_kwargs`` set its mode.
+  whatever mode it defaults to, unless ``apply_kwargs`` set an argument of its ``__call__`` (``training=True``).
   """
   kwargs = dict(apply_kwargs)
   if train_kwarg == FIND:
     parameters = inspect.signature(module.__call__).parameters
     train_kwarg = 'train' if 'train' in parameters else None
-    if train_kwarg is None and stateful and not apply_kwargs:
+    if train_kwarg is None and stateful and not any(name in parameters for name in apply_kwargs):
       flags = [name for name, p in parameters.items() if isinstance(p.default, bool) or 'bool' in str(p.annotation)]
       raise InputError(
           f"{_call_signature(module)} takes no `train` argument, but the model has state (BatchNorm's batch_stats) "

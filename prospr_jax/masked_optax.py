@@ -27,7 +27,8 @@ def _where_kept(mask: Any, kept: jax.Array, pruned: jax.Array) -> jax.Array:
   return jnp.where(jnp.asarray(mask).astype(bool), kept, pruned)
 
 
-def masked_optimizer(optimizer: optax.GradientTransformation, masks: ArrayTree) -> optax.GradientTransformationExtraArgs:
+def masked_optimizer(optimizer: optax.GradientTransformation,
+                     masks: ArrayTree) -> optax.GradientTransformationExtraArgs:
   """``optimizer`` restricted to the kept weights of ``masks`` (a mask tree from ``global_topk_mask``).
 
   Use it where the optimizer goes: ``optax.apply_updates(params, updates)``

@@ -72,9 +72,11 @@ def test_a_linen_model_bridged_into_nnx_scores_like_the_linen_model(name):
 
 
 def test_a_batch_norm_model_whose_train_flag_is_not_named_train_is_refused_naming_train_kwarg():
-  state, _ = linen_state(TrainingFlagCNN())
+  state, variables = linen_state(TrainingFlagCNN())
   with pytest.raises(ValueError, match=r"no `train` argument.*train_kwarg='training'"):
     prospr_jax.snip_saliency(state, batches())
+  with pytest.raises(ValueError, match=r"train_kwarg='training'"):  # apply's own arguments set no mode
+    prospr_jax.flax_loss_fn(TrainingFlagCNN(), variables, rngs={'dropout': jax.random.key(0)})
 
 
 def test_train_kwarg_runs_the_model_in_train_mode_like_flax_loss_fn_with_training_true():

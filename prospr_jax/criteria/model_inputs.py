@@ -89,7 +89,8 @@ def accepts_models(needs: str | None = 'loss_fn') -> Callable[[Callable[..., Arr
         args = (model.params, *args[1:])
       elif train_kwarg != losses.FIND:
         raise ValueError(f'train_kwarg={train_kwarg!r} sets the mode of a model the criterion runs, but it got a '
-                         "params tree: pass it where the loss is built, flax_loss_fn(model, variables, train_kwarg=...)")
+                         'params tree: pass it where the loss is built, '
+                         'flax_loss_fn(model, variables, train_kwarg=...)')
       elif args and needs is not None and kwargs.get(needs) is None:
         raise ValueError(
             f'{fn.__name__} got a params tree but no {needs}, so it has no model to run. Pass '
