@@ -29,6 +29,7 @@ from prospr_jax.criteria import (
 from prospr_jax.distributions import DISTRIBUTIONS, make_mask
 from prospr_jax.losses import flax_apply_fn, flax_loss_fn, softmax_cross_entropy
 from prospr_jax.mask_files import load_masks, save_masks
+from prospr_jax.masked_optax import masked_optimizer
 from prospr_jax.masks import all_ones_mask, apply_mask, default_prunable, ones_mask
 from prospr_jax.sparsity import SparsityReport, sparsity_report
 from prospr_jax.topk import global_topk_mask, layerwise_topk_mask

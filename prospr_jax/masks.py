@@ -95,20 +95,46 @@ def check_same_structure(masks: ArrayTree, params: ArrayTree, what: str = 'masks
         f'leaves (build them from the same params).\n  {what}: {mask_def}\n  params: {param_def}')
 
 
-def apply_mask(params: ArrayTree, masks: ArrayTree) -> ArrayTree:
-  """``params * masks`` leaf by leaf; a ``(C_out,)`` mask zeroes whole output channels."""
-  check_same_structure(masks, params)
+def _param_names(path: tuple[Any, ...]) -> str:
+  """A param leaf's layer name; the ``.value`` of a Flax NNX ``Variable`` (in ``nnx.state``) is not part of it."""
+  last = path[-1] if path else None
+  if isinstance(last, jax.tree_util.GetAttrKey) and last.name == 'value':
+    path = path[:-1]
+  return layer_name(path)
 
+
+def mask_leaves(masks: ArrayTree, params: ArrayTree) -> list[Any]:
+  """One mask entry (or ``None``) per leaf of ``params``, in its order.
+
+  ``masks`` mirrors ``params``, or holds the same layer names in another container: the pure dict of scores
+  from an NNX module against its ``nnx.state(model, nnx.Param)``. ValueError otherwise.
+  """
+  if jax.tree.structure(masks, is_leaf=is_none) == jax.tree.structure(params):
+    return jax.tree.leaves(masks, is_leaf=is_none)
+  by_name = {layer_name(path): mask for path, mask in jax.tree_util.tree_leaves_with_path(masks, is_leaf=is_none)}
+  names = [_param_names(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+  if sorted(names) != sorted(by_name):
+    check_same_structure(masks, params)
+  return [by_name[name] for name in names]
+
+
+def apply_mask(params: ArrayTree, masks: ArrayTree) -> ArrayTree:
+  """``params * masks`` leaf by leaf; a ``(C_out,)`` mask zeroes whole output channels.
+
+  ``params`` may be an ``nnx.State`` (``nnx.update(model, apply_mask(nnx.state(model, nnx.Param), masks))``).
+  """
   def apply(path, mask, param):
     if mask is None:
       return param
     if jnp.shape(mask) not in (jnp.shape(param), jnp.shape(param)[-1:]):
       raise ValueError(
-          f'the mask of {layer_name(path)} has shape {jnp.shape(mask)}, which does not fit its parameter of shape '
+          f'the mask of {_param_names(path)} has shape {jnp.shape(mask)}, which does not fit its parameter of shape '
           f'{jnp.shape(param)}: use the parameter\'s shape, or (C_out,) for one entry per output channel')
     return param * jnp.asarray(mask).astype(jnp.result_type(param))
 
-  return jax.tree_util.tree_map_with_path(apply, masks, params, is_leaf=is_none)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  masked = [apply(path, mask, param) for mask, (path, param) in zip(mask_leaves(masks, params), leaves)]
+  return jax.tree.unflatten(treedef, masked)
 
 
 def masks_from_mapping(mapping: Mapping[str, Any], params: ArrayTree) -> ArrayTree:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from chex import ArrayTree
 
-from prospr_jax import masks as masks_lib, topk
+from prospr_jax import losses, masks as masks_lib, topk
 from prospr_jax.criteria import structured as structured_lib
 
 LossFn = Callable[[ArrayTree, Any], jax.Array]
@@ -46,6 +46,8 @@ def check_loss_fn(loss_fn: LossFn, params: ArrayTree, batch: ArrayTree) -> None:
   """Trace ``loss_fn(params, batch)`` once: it must run and return a scalar."""
   try:
     out = jax.eval_shape(loss_fn, params, batch)
+  except losses.InputError:
+    raise
   except Exception as error:
     error.add_note('prospr_jax: this came from loss_fn(params, batches[0]). batches must have a leading axis '
                    'with one entry per batch (M + 1 for ProsPr), each a batch loss_fn accepts.')
