@@ -64,14 +64,14 @@ def make(recipe: Recipe, running: Running, setup: Setup, steps_per_epoch: int, c
 @functools.lru_cache(maxsize=16)
 def compiled_resident(model: nn.Module, optimizer: optax.GradientTransformation, train_spec: resident.Layout,
                       eval_spec: resident.Layout, mesh: Mesh):
-  """``(train_chunk, eval_resident)`` jitted once per model, recipe and set in a process (a chunk's length is
-  static: each length compiles once)."""
+  """``(epoch_order, train_chunk, eval_resident)`` jitted once per model, recipe and set in a process (a chunk's
+  length is static: each length compiles once)."""
   batch_sharding = sharding.data_sharded(mesh)
   chunk = jax.jit(functools.partial(train_steps.train_chunk, spec=train_spec, batch_sharding=batch_sharding,
                                     model=model, optimizer=optimizer), static_argnames=('length',))
   evaluation = jax.jit(functools.partial(train_steps.eval_resident, spec=eval_spec, batch_sharding=batch_sharding,
                                          model=model))
-  return chunk, evaluation
+  return jax.jit(functools.partial(resident.epoch_order, spec=train_spec)), chunk, evaluation
 
 
 def _resident(recipe: Recipe, running: Running, setup: Setup, steps_per_epoch: int,
@@ -83,13 +83,18 @@ def _resident(recipe: Recipe, running: Running, setup: Setup, steps_per_epoch: i
                                    'Set config.data_on_device=False')
   train_spec = resident.layout(setup.info, setup.train_source, recipe.batch_size, steps_per_epoch, train=True)
   eval_spec = resident.layout(setup.info, setup.eval_source, recipe.eval_batch_size, 0, train=False)
-  chunk, evaluation = compiled_resident(setup.model, optimizer, train_spec, eval_spec, setup.mesh)
+  epoch_order, chunk, evaluation = compiled_resident(setup.model, optimizer, train_spec, eval_spec, setup.mesh)
   arrays, eval_arrays = resident.put(setup.train_source, setup.mesh), resident.put(setup.eval_source, setup.mesh)
   key = sharding.replicate(seeds.device_data(running.seed), setup.mesh)
 
+  orders = {}  # the current epoch's record order, drawn once per epoch
+
   def advance(state, step, stop):
-    length = min(running.steps_per_dispatch, stop - step)
-    state, metrics = chunk(state, arrays, key, np.int32(step), length=length)
+    length, epoch = min(running.steps_per_dispatch, stop - step), step // steps_per_epoch
+    if epoch not in orders:
+      orders.clear()
+      orders[epoch] = epoch_order(key, np.int32(epoch))
+    state, metrics = chunk(state, arrays, orders[epoch], key, np.int32(step), length=length)
     return state, metrics, length
 
   return Dispatch(advance, lambda state: train_steps.summarize_eval(

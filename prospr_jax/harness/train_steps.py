@@ -97,16 +97,15 @@ def summarize_eval(sums: list[dict[str, jax.Array]]) -> dict[str, float]:
   return {'eval_loss': total['loss'] / count, 'eval_top1': total['top1'] / count, 'eval_top5': total['top5'] / count}
 
 
-def train_chunk(state: TrainState, arrays: dict[str, jax.Array], data_key: jax.Array, start: jax.Array, *,
+def train_chunk(state: TrainState, arrays: dict[str, jax.Array], order: jax.Array, data_key: jax.Array,
+                start: jax.Array, *,
                 length: int, spec: resident.Layout, batch_sharding: jax.sharding.Sharding, model: nn.Module,
                 optimizer: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
   """``length`` train steps from step ``start`` in one program (a scan), on batches of a device-resident set.
 
-  The steps must lie in one epoch. Returns the state after them and each step's loss and accuracy (leading axis
-  ``length``).
+  The steps must lie in one epoch, whose record order is ``order`` (``resident.epoch_order``). Returns the state
+  after them and each step's loss and accuracy (leading axis ``length``).
   """
-  order = resident.epoch_order(data_key, start // spec.steps_per_epoch, spec)
-
   def body(state, step):
     batch = jax.lax.with_sharding_constraint(resident.train_batch(arrays, order, data_key, step, spec),
                                              batch_sharding)
