@@ -38,17 +38,19 @@ _RESIDENT = flags.DEFINE_list('resident', ['1', '8'], 'Steps per dispatch to tim
 
 
 def _rate(run_steps, batch_size: int) -> float:
-  """Median images/s of ``run_steps(n) -> None`` (which blocks) over the timed windows, ``n`` sized to the window."""
-  run_steps(2)  # warm-up (compiles)
+  """Median images/s of ``run_steps(n)`` (which blocks, and returns the steps it ran: at least ``n``, or None for
+  ``n``) over the timed windows, ``n`` sized to the window."""
+  run = lambda n: run_steps(n) or n
+  run(2)  # warm-up (compiles)
   start = time.perf_counter()
-  run_steps(5)
-  per_step = (time.perf_counter() - start) / 5
+  ran = run(5)
+  per_step = (time.perf_counter() - start) / ran
   n = max(5, int(_SECONDS.value / max(per_step, 1e-6)))
   rates = []
   for _ in range(_REPEATS.value):
     start = time.perf_counter()
-    run_steps(n)
-    rates.append(n * batch_size / (time.perf_counter() - start))
+    ran = run(n)
+    rates.append(ran * batch_size / (time.perf_counter() - start))
   return float(np.median(rates))
 
 
@@ -109,6 +111,7 @@ def main(argv):
         for i in range(-(-n // k)):
           state, metrics = chunk(state, arrays, order, key, np.int32(i * k % (steps_per_epoch - k + 1)), length=k)
         jax.block_until_ready(metrics)
+        return -(-n // k) * k
       rates[f'device-resident, {k} steps/dispatch'] = _rate(chunks, batch_size)
   print(f'{"what":<36} {"images/s":>10} {"s/epoch":>8}')
   for name, rate in rates.items():
