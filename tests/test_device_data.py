@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from test_experiment import ROOT, final_params
 from test_faults import small_config
 
@@ -160,7 +161,18 @@ def test_bad_dispatch_settings_are_refused_naming_the_fix(overrides, message):
     validation.validate_config(small_config(**overrides))
 
 
-def test_a_set_read_from_files_is_refused_on_the_device():
-  assert 'not held in memory' in resident.unsupported(DIGITS, [{'image': 0, 'label': 0}])
-  assert resident.unsupported(data.get_dataset_info('imagenet2012'), data.load_source('digits', 'train'))
-  assert not resident.unsupported(DIGITS, data.load_source('digits', 'train'))
+def test_a_set_with_host_only_augmentation_is_refused_on_the_device(tmp_path):
+  assert 'runs on the host only' in resident.unsupported(data.get_dataset_info('imagenet2012'))
+  assert not resident.unsupported(DIGITS) and not resident.unsupported(data.get_dataset_info('cifar10'))
+  config = resident_config(dataset='imagenet2012', batch_size=2, eval_batch_size=2,
+                           **{'prune.batch_size': 2})
+  with tfds.testing.mock_data(num_examples=4), pytest.raises(validation.ConfigError, match='data_on_device=False'):
+    experiment.train_and_evaluate(config, tmp_path)
+
+
+def test_cifar_from_tfds_trains_on_the_device_with_crop_and_flip(tmp_path):
+  config = resident_config(dataset='cifar10', batch_size=8, eval_batch_size=8, steps_per_dispatch=2,
+                           **{'prune.batch_size': 8})
+  with tfds.testing.mock_data(num_examples=16):
+    result = experiment.train_and_evaluate(config, tmp_path)
+  assert result['step'] == 2 and np.isfinite(result['train_loss'])

@@ -1,7 +1,7 @@
 """Device-resident in-memory datasets: the whole set on the device, shuffled, augmented and batched there.
 
-For an in-memory source (digits, MNIST / Fashion-MNIST IDX, CIFAR read into memory) whose augmentation is
-``none`` or ``crop_flip``. Step ``s`` of a run with ``S`` steps per epoch reads batch ``i = s mod S`` of epoch
+For a dataset whose augmentation is ``none`` or ``crop_flip`` (digits, MNIST / Fashion-MNIST IDX, CIFAR-10/100
+from TFDS, whose records are read into memory once). Step ``s`` of a run with ``S`` steps per epoch reads batch ``i = s mod S`` of epoch
 ``e = s // S``: records ``permutation(k_e, N)[i G:(i + 1) G]`` with ``k_e = fold_in(key, e)`` (the remainder of
 each epoch is dropped); crop-and-flip draws from ``fold_in(fold_in(key, e), i)`` split over the batch. So the
 data are a function of the key and the step only: a resumed run, and any number of steps per dispatch, read the
@@ -36,22 +36,25 @@ class Layout:
   std: tuple[float, ...]
 
 
-def unsupported(info: DatasetInfo, source: Any) -> str:
-  """Why ``source`` cannot be held on the device ('' when it can)."""
-  if not isinstance(source, ArraySource):
-    return f'{info.name} is read record by record from files, not held in memory'
+def unsupported(info: DatasetInfo) -> str:
+  """Why ``info``'s dataset cannot be held on the device ('' when it can)."""
   if info.augmentation not in AUGMENTATIONS:
     return f'its augmentation {info.augmentation!r} runs on the host only (on the device: {", ".join(AUGMENTATIONS)})'
   return ''
 
 
-def put(source: ArraySource, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """The records, as stored (uint8 pixels stay uint8), replicated on every device of ``mesh``."""
-  return sharding.replicate({'image': np.asarray(source.images), 'label': np.asarray(source.labels, np.int32)},
-                            mesh)
+def put(source: Any, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """The records, as stored (uint8 pixels stay uint8), replicated on every device of ``mesh``; a source that is
+  no ``ArraySource`` (a TFDS ``data_source``) is read whole first."""
+  if isinstance(source, ArraySource):
+    images, labels = source.images, source.labels
+  else:
+    records = [source[i] for i in range(len(source))]
+    images, labels = np.stack([np.asarray(r['image']) for r in records]), [r['label'] for r in records]
+  return sharding.replicate({'image': np.asarray(images), 'label': np.asarray(labels, np.int32)}, mesh)
 
 
-def layout(info: DatasetInfo, source: ArraySource, batch_size: int, steps_per_epoch: int, train: bool) -> Layout:
+def layout(info: DatasetInfo, source: Any, batch_size: int, steps_per_epoch: int, train: bool) -> Layout:
   return Layout(len(source), batch_size, steps_per_epoch, info.augmentation if train else 'none',
                 tuple(map(float, info.mean)), tuple(map(float, info.std)))
 

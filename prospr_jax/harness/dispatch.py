@@ -76,11 +76,10 @@ def compiled_resident(model: nn.Module, optimizer: optax.GradientTransformation,
 
 def _resident(recipe: Recipe, running: Running, setup: Setup, steps_per_epoch: int,
               optimizer: optax.GradientTransformation) -> Dispatch:
-  for source in (setup.train_source, setup.eval_source):
-    why = resident.unsupported(setup.info, source)
-    if why:
-      raise validation.ConfigError(f'config.data_on_device=True cannot hold {setup.info.name} on the device: {why}. '
-                                   'Set config.data_on_device=False')
+  why = resident.unsupported(setup.info)
+  if why:
+    raise validation.ConfigError(f'config.data_on_device=True cannot hold {setup.info.name} on the device: {why}. '
+                                 'Set config.data_on_device=False')
   train_spec = resident.layout(setup.info, setup.train_source, recipe.batch_size, steps_per_epoch, train=True)
   eval_spec = resident.layout(setup.info, setup.eval_source, recipe.eval_batch_size, 0, train=False)
   epoch_order, chunk, evaluation = compiled_resident(setup.model, optimizer, train_spec, eval_spec, setup.mesh)
