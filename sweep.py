@@ -15,6 +15,7 @@ Writes results.jsonl, table.md, table.csv and accuracy_vs_sparsity.{png,pdf}.
 import os
 import pathlib
 import sys
+import time
 
 import jax
 from absl import app, flags
@@ -22,6 +23,7 @@ from ml_collections import config_flags
 
 from prospr_jax import sweep
 from prospr_jax.harness import entry, flag_parsing
+from prospr_jax.sweep import parallel
 
 _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of every cell (relative to the current '
                                           'folder, else to this script\'s); --config.<field>=<value> overrides it.')
@@ -44,6 +46,9 @@ _ONLY_CELL = flags.DEFINE_string('only_cell', None, 'Run just this cell of the s
 _IMPORT = flags.DEFINE_string('import_results', None, 'A results folder of this sweep from another machine (its '
                               'sweep.json and results.jsonl, e.g. results/<name>): its rows become finished cells '
                               'here (after checking each was trained with this config), so only the rest run.')
+_PARALLEL = flags.DEFINE_integer('parallel_cells', 1, 'Cells run at once, each its own process with 1/N of the '
+                                  'device (GPU memory, or CPU cores); the references that prune after training run '
+                                  'after the rest, one at a time.')
 _CACHE = flags.DEFINE_string('compilation_cache', None, 'JAX persistent compilation cache folder (default: '
                              '<workdir>/jax_cache; "" turns it off).')
 
@@ -91,6 +96,9 @@ def _run(config_filename: str, workdir: pathlib.Path) -> None:
                                       script_dir=os.path.dirname(sys.argv[0]), cache_dir=cache or None)
     print('\n'.join(commands), flush=True)
     return
+  if _PARALLEL.value > 1:
+    _run_parallel(config, grid, workdir, config_filename, cache)
+    return
   if cache:
     sweep.enable_compilation_cache(cache)
   outcome = sweep.run_sweep(config, grid.criteria, grid.sparsities, grid.seeds, workdir,
@@ -99,6 +107,21 @@ def _run(config_filename: str, workdir: pathlib.Path) -> None:
   if outcome.remaining and jax.process_index() == 0:
     print(f'{outcome.remaining} of {outcome.total} cells remain (budget spent): rerun the same command to continue',
           flush=True)
+
+
+def _run_parallel(config, grid, workdir: pathlib.Path, config_filename: str, cache: str) -> None:
+  commands = sweep.pending_commands(config, grid, workdir, config_filename, sweep.config_overrides(sys.argv[1:]),
+                                    script_dir=os.path.dirname(os.path.abspath(sys.argv[0])), python=sys.executable,
+                                    cache_dir=cache or None)[:-1]
+  deadline = time.time() + 60 * _BUDGET.value if _BUDGET.value else None
+  failures, skipped = parallel.run(commands, _PARALLEL.value, workdir, parallel.backend(), deadline)
+  sweep.aggregate(workdir, config)
+  _print_table(workdir)
+  if skipped:
+    print(f'{skipped} of {len(commands)} cells remain (budget spent): rerun the same command to continue', flush=True)
+  if failures:
+    raise ValueError(f'{len(failures)} of {len(commands)} cells failed (finished cells are kept; rerun the same '
+                     'command to retry): ' + '; '.join(failures))
 
 
 def main(argv):

@@ -61,13 +61,17 @@ class Recipe:
 
 @dataclasses.dataclass(frozen=True)
 class Running:
-  """How a run runs: its seed (every random stream derives from it), data workers, checkpoint cadence, its label."""
+  """How a run runs: its seed (every random stream derives from it), data workers, checkpoint cadence, its label,
+  where the data live (``data.resident`` on the device) and how many train steps one dispatch runs."""
   seed: int
   worker_count: int
   checkpoint_every_steps: int
   label: str  # '<model> on <dataset>', for plot titles
+  data_on_device: bool = False
+  steps_per_dispatch: int = 1
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict) -> Running:
     return cls(config.seed, config.worker_count, config.checkpoint_every_steps or 0,
-               f'{config.model} on {config.dataset}')
+               f'{config.model} on {config.dataset}', config.get('data_on_device', False),
+               config.get('steps_per_dispatch', 1))

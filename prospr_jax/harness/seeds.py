@@ -9,6 +9,7 @@
 | ``random_criterion`` | the scores of ``criterion='random'``             | ``seed``               |
 | ``shuffle_ablation`` | the per-layer permutation of ``ablation='shuffle'`` | ``seed + 3``        |
 | ``train_dropout``    | dropout while training, folded with the step     | ``fold_in(key(seed), 2)`` |
+| ``device_data``      | order and augmentation of a device-resident set  | ``fold_in(key(seed), 4)`` |
 | ``reinit_ablation``  | the fresh weights of ``ablation='reinit'``       | ``key(seed + 10_000)`` |
 | ``criterion_reinit`` | a criterion's ``initialization='reinit'`` (3SP)  | ``key(seed + 20_000)`` |
 
@@ -47,6 +48,10 @@ def shuffle_ablation(seed: int) -> int:
 
 def train_dropout(seed: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), 2)
+
+
+def device_data(seed: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), 4)
 
 
 def reinit_ablation(seed: int) -> jax.Array:

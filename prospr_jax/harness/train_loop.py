@@ -9,13 +9,11 @@ written after it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import math
 import pathlib
-import time
 
 import flax.linen as nn
 import jax
@@ -26,7 +24,8 @@ from chex import ArrayTree
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from prospr_jax import data
-from prospr_jax.harness import plots, seeds, train_steps
+from prospr_jax.harness import dispatch, plots, seeds, train_steps
+from prospr_jax.harness.epoch_sums import EpochSums
 from prospr_jax.harness.records import PruneSpec, Recipe, Running
 from prospr_jax.harness.setup import Setup
 from prospr_jax.models import compaction
@@ -40,12 +39,6 @@ class TrainingDiverged(ValueError):
   """The training loss became NaN or infinite; the message names the step and the likely cause."""
 
 
-def evaluate(state: train_steps.TrainState, setup: Setup, eval_fn, batch_size: int) -> dict[str, float]:
-  sums = [sharding.host_value(eval_fn(state, sharding.global_batch(batch, setup.mesh)))
-          for batch in data.eval_batches(setup.info, setup.eval_source, global_batch_size=batch_size)]
-  return train_steps.summarize_eval(sums)
-
-
 @jax.jit
 def _all_finite(tree: ArrayTree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -53,16 +46,25 @@ def _all_finite(tree: ArrayTree) -> jax.Array:
 
 def check_finite(loss: jax.Array, step: int, steps_per_epoch: int, learning_rate: float,
                  last_checkpoint: int | None, params: ArrayTree | None = None) -> None:
-  """Raise ``TrainingDiverged`` unless the loss of ``step`` (1-based), and ``params`` if given, are finite."""
-  value = float(sharding.host_value(loss))
-  if math.isfinite(value) and (params is None or bool(sharding.host_value(_all_finite(params)))):
+  """Raise ``TrainingDiverged`` unless the loss of ``step`` (1-based; a vector: the losses of the steps up to
+  ``step``), and ``params`` if given, are finite."""
+  values = np.atleast_1d(sharding.host_value(loss))
+  bad = np.flatnonzero(~np.isfinite(values))
+  if not bad.size and (params is None or bool(sharding.host_value(_all_finite(params)))):
     return
+  value = float(values[bad[0]] if bad.size else values[-1])
+  step -= len(values) - 1 - (bad[0] if bad.size else len(values) - 1)
   what = f'the loss became {value}' if not math.isfinite(value) else 'the parameters became NaN or infinite'
   kept = f'the checkpoint at step {last_checkpoint} is kept' if last_checkpoint else 'no checkpoint was written'
   raise TrainingDiverged(
       f'training diverged: {what} at step {step} (epoch {(step - 1) // steps_per_epoch + 1}). '
       f'The learning rate is the likely cause (config.learning_rate={learning_rate}): lower it and rerun '
       f'in a new --workdir (or with --start_over); {kept}.')
+
+
+def _next_multiple(step: int, every: int) -> int:
+  """The first multiple of ``every`` after ``step`` (none when ``every`` is 0)."""
+  return (step // every + 1) * every if every else math.inf
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,7 +119,8 @@ def train(recipe: Recipe, running: Running, setup: Setup, mask: ArrayTree, workd
   """
   variables = setup.variables if variables is None else variables
   workdir.mkdir(parents=True, exist_ok=True)
-  steps_per_epoch, (schedule, _, train_step, eval_step) = recipe_steps(recipe, setup)
+  steps_per_epoch, compiled = recipe_steps(recipe, setup)
+  schedule = compiled[0]
   total_steps = recipe.num_epochs * steps_per_epoch
   state = initial_state(recipe, running.seed, setup, mask, variables, start_step)
   initial_params = sharding.replicate(variables['params'], setup.mesh)
@@ -130,10 +133,9 @@ def train(recipe: Recipe, running: Running, setup: Setup, mask: ArrayTree, workd
     epoch = EpochSums.from_meta(meta)
     log.info('Resumed from the checkpoint at step %d (epoch %d) in %s', step, meta['epoch'], workdir)
   metrics.truncate_after(step)  # rows past the checkpoint (all of them when there is none) are redone
-  loader = data.train_loader(setup.info, setup.train_source, global_batch_size=recipe.batch_size,
-                             seed=seeds.train_data(running.seed), start_step=step, worker_count=running.worker_count)
-  batches = iter(loader)
+  feed = dispatch.make(recipe, running, setup, steps_per_epoch, compiled, step)  # the data continue at ``step``
 
+  every = running.checkpoint_every_steps
   check = functools.partial(check_finite, steps_per_epoch=steps_per_epoch, learning_rate=recipe.learning_rate)
   progress = tqdm.tqdm(total=total_steps, initial=step, unit='step',
                        disable=None if jax.process_index() == 0 else True,  # None: only on a terminal
@@ -148,17 +150,19 @@ def train(recipe: Recipe, running: Running, setup: Setup, mask: ArrayTree, workd
   try:
     with logging_redirect_tqdm([logging.getLogger('prospr_jax')]), preemption.held():
       while step < total_steps:
-        state, step_metrics = train_step(state, sharding.global_batch(next(batches), setup.mesh))
-        step += 1
-        if epoch.loss:  # the previous step's loss, computed by now: no wait on the step just dispatched
-          check(epoch.loss[-1], step - 1, last_checkpoint=last_checkpoint)
+        stop = min(total_steps, (step // steps_per_epoch + 1) * steps_per_epoch, _next_multiple(step, every))
+        state, step_metrics, ran = feed.advance(state, step, stop)
+        step += ran
+        if epoch.loss:  # the previous dispatch's losses, computed by now: no wait on the one just dispatched
+          check(epoch.loss[-1], step - ran, last_checkpoint=last_checkpoint)
         epoch.add(step_metrics)
-        progress.update(1)
-        faults.point('training', step)
+        progress.update(ran)
+        for reached in range(step - ran + 1, step + 1):
+          faults.point('training', reached)
         if step % steps_per_epoch == 0:
           row = {'epoch': step // steps_per_epoch, 'step': step, 'learning_rate': float(schedule(step - 1)),
-                 **epoch.means(), **evaluate(state, setup, eval_step, recipe.eval_batch_size),
-                 'images_per_second': len(epoch.loss) * recipe.batch_size / epoch.seconds()}
+                 **epoch.means(), **feed.evaluate(state),
+                 'images_per_second': epoch.steps() * recipe.batch_size / epoch.seconds()}
           metrics.write(row)  # on disk (TensorBoard too) before its checkpoint commits
           progress.set_postfix(loss=f'{row["train_loss"]:.3f}', top1=f'{row["eval_top1"]:.2%}',
                                img_s=f'{row["images_per_second"]:.0f}')
@@ -167,7 +171,7 @@ def train(recipe: Recipe, running: Running, setup: Setup, mask: ArrayTree, workd
           save(step, {'epoch': row['epoch']})
           faults.point('checkpoint_save', step)
           epoch = EpochSums.empty()
-        elif preemption.requested() or (running.checkpoint_every_steps and step % running.checkpoint_every_steps == 0):
+        elif preemption.requested() or (every and step % every == 0):
           save(step, {'epoch': step // steps_per_epoch, **epoch.to_meta()})
         if preemption.requested():
           raise preemption.Preempted(f'SIGTERM: saved a checkpoint at step {step}')
@@ -180,47 +184,7 @@ def train(recipe: Recipe, running: Running, setup: Setup, mask: ArrayTree, workd
   if jax.process_index() == 0 and rows:
     plots.plot_learning_curves(rows, workdir / 'learning_curves.png',
                                title=f'{running.label}: {title or "training"}')
-  return rows[-1] if rows else evaluate(state, setup, eval_step, recipe.eval_batch_size)
-
-
-@dataclasses.dataclass
-class EpochSums:
-  """The epoch so far: per-step train loss and accuracy (arrays, read at the epoch's end) and its seconds."""
-  loss: list
-  accuracy: list
-  start: float
-
-  @classmethod
-  def empty(cls, seconds_before: float = 0.0) -> EpochSums:
-    return cls([], [], time.perf_counter() - seconds_before)
-
-  def add(self, step_metrics: dict[str, jax.Array]) -> None:
-    self.loss.append(step_metrics['loss'])
-    self.accuracy.append(step_metrics['accuracy'])
-
-  def seconds(self) -> float:
-    return time.perf_counter() - self.start
-
-  def means(self) -> dict[str, float]:
-    return {'train_loss': float(np.mean(sharding.host_value(self.loss))),
-            'train_accuracy': float(np.mean(sharding.host_value(self.accuracy)))}
-
-  def to_meta(self) -> dict:
-    """The values (with their dtype, so the epoch's mean is computed as without a stop) for a checkpoint's meta."""
-    values = {name: np.asarray(sharding.host_value(getattr(self, name))) for name in ('loss', 'accuracy')}
-    return {'epoch_so_far': {**{name: {'dtype': str(v.dtype), 'values': v.tolist()} for name, v in values.items()},
-                             'seconds': self.seconds()}}
-
-  @classmethod
-  def from_meta(cls, meta: dict) -> EpochSums:
-    """The epoch so far recorded in a checkpoint's meta (none at an epoch's end, or in an older checkpoint)."""
-    saved = meta.get('epoch_so_far')
-    if not saved:
-      return cls.empty()
-    sums = cls.empty(saved['seconds'])
-    sums.loss, sums.accuracy = (list(np.asarray(saved[name]['values'], saved[name]['dtype']))
-                                for name in ('loss', 'accuracy'))
-    return sums
+  return rows[-1] if rows else feed.evaluate(state)
 
 
 def export_trained(recipe: Recipe, seed: int, compact_setup: Setup, mask: ArrayTree, train_dir: pathlib.Path,

@@ -17,6 +17,7 @@ import optax
 from chex import ArrayTree
 
 from prospr_jax import masks as masks_lib
+from prospr_jax.data import resident
 from prospr_jax.losses import softmax_cross_entropy
 
 
@@ -94,3 +95,31 @@ def summarize_eval(sums: list[dict[str, jax.Array]]) -> dict[str, float]:
   total = {key: float(sum(s[key] for s in sums)) for key in sums[0]}
   count = max(total['count'], 1.0)
   return {'eval_loss': total['loss'] / count, 'eval_top1': total['top1'] / count, 'eval_top5': total['top5'] / count}
+
+
+def train_chunk(state: TrainState, arrays: dict[str, jax.Array], order: jax.Array, data_key: jax.Array,
+                start: jax.Array, *,
+                length: int, spec: resident.Layout, batch_sharding: jax.sharding.Sharding, model: nn.Module,
+                optimizer: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """``length`` train steps from step ``start`` in one program (a scan), on batches of a device-resident set.
+
+  The steps must lie in one epoch, whose record order is ``order`` (``resident.epoch_order``). Returns the state
+  after them and each step's loss and accuracy (leading axis ``length``).
+  """
+  def body(state, step):
+    batch = jax.lax.with_sharding_constraint(resident.train_batch(arrays, order, data_key, step, spec),
+                                             batch_sharding)
+    return train_step(state, batch, model=model, optimizer=optimizer)
+
+  return jax.lax.scan(body, state, start + jnp.arange(length, dtype=jnp.int32))
+
+
+def eval_resident(state: TrainState, arrays: dict[str, jax.Array], *, spec: resident.Layout,
+                  batch_sharding: jax.sharding.Sharding, model: nn.Module) -> dict[str, jax.Array]:
+  """``eval_step``'s sums over a whole device-resident evaluation set, in one program."""
+  def body(sums, index):
+    batch = jax.lax.with_sharding_constraint(resident.eval_batch(arrays, index, spec), batch_sharding)
+    return jax.tree.map(jnp.add, sums, eval_step(state, batch, model=model)), None
+
+  zeros = {key: jnp.zeros((), jnp.float32) for key in ('loss', 'top1', 'top5', 'count')}
+  return jax.lax.scan(body, zeros, jnp.arange(-(-spec.num_records // spec.batch_size)))[0]

@@ -47,6 +47,10 @@ def validate_config(config: ml_collections.ConfigDict, criteria: Collection[str]
       (config.prune.structured or config.prune.structured_target == 'channels',
        "config.prune.structured_target='weights' counts the weights of kept channels: set "
        'config.prune.structured=True (unstructured sparsity already counts weights)'),
+      (config.get('steps_per_dispatch', 1) >= 1,
+       f'config.steps_per_dispatch must be >= 1, got {config.get("steps_per_dispatch", 1)}'),
+      (config.get('steps_per_dispatch', 1) == 1 or config.get('data_on_device', False),
+       'config.steps_per_dispatch > 1 runs several steps on a device-resident set: set config.data_on_device=True'),
   ]
   for ok, message in checks:
     if not ok:

@@ -32,7 +32,7 @@ CONFIG_FILE = 'config.json'
 LOCK_FILE = '.lock'
 # Fields that change how a run executes, not what it computes: they may differ on a rerun.
 HOW_TO_RUN = frozenset({'worker_count', 'checkpoint_every_steps', 'data_dir', 'eval_batch_size', 'compare_dense',
-                        'prune.check_stability', 'deterministic'})
+                        'prune.check_stability', 'deterministic', 'steps_per_dispatch'})
 
 
 class WorkdirError(ValueError):
@@ -55,7 +55,8 @@ def flatten(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 MATTERS_ONLY_WITH = {'prune.compact': 'prune.structured', 'prune.structured_target': 'prune.structured'}
 # Fields added after configs were recorded: absent from a recorded config means this value.
 ADDED_FIELDS = {'prune.structured_target': 'channels', 'prune.precision': 'float32', 'prune.conv_impl': '',
-                'prune.check_stability': False, 'deterministic': False}
+                'prune.check_stability': False, 'deterministic': False,
+                'data_on_device': False, 'steps_per_dispatch': 1}
 
 
 # Configs recorded with a separate conv_column_mib field (a budget of MiB) read as conv_impl='auto:<MiB>'.
