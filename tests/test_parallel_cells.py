@@ -30,9 +30,8 @@ def test_two_cells_at_once_give_the_results_of_one_at_a_time(tmp_path):
   logs = sorted((tmp_path / 'parallel' / 'logs').glob('cell_*.log'))
   assert len(logs) == 2  # the pruned cell and the dense one, each its own process
   key = lambda row: (row['criterion'], row['sparsity'], row['seed'])
-  strip = lambda rows: sorted((key(row), row['top1'], row['top5']) for row in rows)  # a dense cell run by
-  # train.py records no kept_weights (as --print_commands' cells); the accuracies are the same, bit for bit
-  assert strip(results_rows(tmp_path / 'parallel')) == strip(results_rows(tmp_path / 'serial'))
+  strip = lambda rows: sorted((key(row), row['top1'], row['top5'], row['kept_weights']) for row in rows)
+  assert strip(results_rows(tmp_path / 'parallel')) == strip(results_rows(tmp_path / 'serial'))  # bit for bit
   assert json.loads((tmp_path / 'parallel' / 'sweep.json').read_text())
 
 

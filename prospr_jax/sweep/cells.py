@@ -126,8 +126,11 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
   prune = recorded.get('prune', {})
   scoring = {} if cell.is_dense else {  # how the mask was computed: precision and convolution
       'precision': prune.get('precision', 'float32'), 'scoring_conv': prune.get('conv_impl') or recorded.get('conv_impl')}
+  kept = results.get('kept_weights')
+  if kept is None and cell.is_dense:  # a dense cell trained by its train.py command (--parallel_cells) keeps all
+    kept = prunable_weights(base)
   return {'config_hash': config_hash(cell_dir), 'criterion': cell.criterion, 'sparsity': cell.sparsity,
-          'seed': cell.seed, 'kept_weights': results.get('kept_weights'),
+          'seed': cell.seed, 'kept_weights': kept,
           'weight_sparsity': results.get('weight_sparsity'), 'top1': final['eval_top1'], 'top5': final['eval_top5'],
           'pruning_seconds': pruning_seconds, 'training_seconds': training_seconds, 'cell_seconds': cell_seconds,
           'cell': str(cell_dir.relative_to(workdir)), **scoring, **({'collapsed': collapse} if collapse else {})}
