@@ -40,6 +40,7 @@ def with_batchnorm_epsilon(monkeypatch, epsilon):
       use_running_average=not train, momentum=0.9, use_fast_variance=False, epsilon=epsilon))
 
 
+@pytest.mark.slow
 def test_structured_snip_scores_do_not_scale_with_batchnorms_epsilon(monkeypatch):
   gate = registry.get_criterion('snip').channel_gate
   raw = {}

@@ -268,6 +268,7 @@ class Unknown(nn.Module):
     return nn.Dense(3)(nn.relu(nn.Dense(4)(x)))
 
 
+@pytest.mark.slow
 def test_compaction_refuses_bad_input_with_a_message():
   model, variables, _, _ = network('vgg11')
   plan = plans.channel_plan(model, variables['params'])

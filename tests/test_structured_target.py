@@ -35,6 +35,7 @@ def test_the_weights_target_keeps_the_fewest_channels_in_score_order_whose_weigh
   assert 0.2 < kept / total < 0.5  # about sqrt(0.1) of the channels keep a tenth of the weights
 
 
+@pytest.mark.slow
 def test_a_channel_sparsity_keeps_far_fewer_weights_than_the_same_weight_sparsity():
   plan, params, scores = vgg11_with_random_channel_scores()
   by_channels = MASK_AT(scores, 0.9)
