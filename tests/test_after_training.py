@@ -96,6 +96,7 @@ def metrics(workdir, cell):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_the_mask_is_the_global_magnitude_top_k_of_the_trained_dense_weights(swept, setup, steps):
   workdir, outcome, _ = swept
   assert (outcome.total, outcome.ran, outcome.remaining) == (3, 3, 0)
@@ -117,6 +118,7 @@ def test_the_mask_is_the_global_magnitude_top_k_of_the_trained_dense_weights(swe
   assert rows['magnitude_after_training']['kept_weights'] == rows['lottery_rewind_one_shot']['kept_weights'] == kept.size
 
 
+@pytest.mark.slow
 def test_magnitude_after_training_retrains_from_the_trained_weights_with_the_whole_schedule(swept, setup, steps):
   workdir, _, starts = swept
   variables, start_step = starts[MAT.directory(workdir) / 'pruned']
@@ -127,6 +129,7 @@ def test_magnitude_after_training_retrains_from_the_trained_weights_with_the_who
   assert [(row['epoch'], row['learning_rate']) for row in metrics(workdir, MAT)] == [(1, 0.1), (2, pytest.approx(0.01))]
 
 
+@pytest.mark.slow
 def test_lottery_rewind_one_shot_starts_from_epoch_1_of_an_independent_dense_run(swept, one_epoch, steps):
   workdir, _, starts = swept
   variables, start_step = starts[LTR.directory(workdir) / 'pruned']
@@ -136,6 +139,7 @@ def test_lottery_rewind_one_shot_starts_from_epoch_1_of_an_independent_dense_run
   assert [(row['epoch'], row['learning_rate']) for row in metrics(workdir, LTR)] == [(2, pytest.approx(0.01))]
 
 
+@pytest.mark.slow
 def test_the_rewind_point_is_recomputed_when_the_dense_cell_lacks_it_and_then_cached(swept, setup, one_epoch, steps,
                                                                                       tmp_path, monkeypatch):
   dense = tmp_path / 'dense'
@@ -150,6 +154,7 @@ def test_the_rewind_point_is_recomputed_when_the_dense_cell_lacks_it_and_then_ca
                      {'params': one_epoch.params, 'batch_stats': one_epoch.batch_stats})
 
 
+@pytest.mark.slow
 def test_pruned_weights_are_exactly_zero_at_the_end(swept, setup, steps):
   workdir = swept[0]
   for cell in (MAT, LTR):
@@ -161,6 +166,7 @@ def test_pruned_weights_are_exactly_zero_at_the_end(swept, setup, steps):
       assert np.all(weights[~keep] == 0.0) and np.count_nonzero(weights[keep]) == keep.sum(), (cell, name)
 
 
+@pytest.mark.slow
 def test_the_sweep_tabulates_and_plots_the_references_apart_from_the_at_init_criteria(swept):
   workdir = swept[0]
   rows = {row['criterion']: row for row in map(json.loads, (workdir / 'results.jsonl').read_text().splitlines())}
@@ -182,6 +188,7 @@ def test_the_sweep_tabulates_and_plots_the_references_apart_from_the_at_init_cri
       100 * rows['lottery_rewind_one_shot']['top1']]
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_cells_and_a_killed_cell_resumes_from_its_checkpoint(swept, steps, tmp_path, caplog):
   workdir = swept[0]
   assert sweep.run_sweep(base_config(), CRITERIA, str(SPARSITY), 1, workdir).ran == 0

@@ -41,6 +41,7 @@ def with_batchnorm_epsilon(monkeypatch, epsilon):
       use_running_average=not train, momentum=0.9, use_fast_variance=False, epsilon=epsilon))
 
 
+@pytest.mark.slow
 def test_structured_snip_scores_do_not_scale_with_batchnorms_epsilon(monkeypatch):
   gate = registry.get_criterion('snip').channel_gate
   raw = {}
@@ -89,6 +90,7 @@ def gate_after_every_batchnorm(model, variables, batches):
 
 @pytest.mark.parametrize('name, shape, kwargs', [('vgg11', (16, 16, 3), {'width': 1 / 16}),
                                                  ('resnet20', (8, 8, 1), {'width': 1})])
+@pytest.mark.slow
 def test_structured_snip_equals_a_hand_written_gate_after_each_normalisation(name, shape, kwargs):
   model, variables, plan, batches = float64_net(name, shape, **kwargs)
   gates = gate_after_every_batchnorm(model, variables, batches)
@@ -101,6 +103,7 @@ def test_structured_snip_equals_a_hand_written_gate_after_each_normalisation(nam
     np.testing.assert_allclose(scores[group.name], np.abs(expected[group.name]) / total, rtol=1e-10, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_networks_without_normalisation_score_their_writers_kernels_as_before():
   model, variables, plan, batches = float64_net('lenet5', (28, 28, 1))
   loss_fn = prospr_jax.flax_loss_fn(model, variables)

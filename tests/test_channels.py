@@ -38,6 +38,7 @@ def test_vgg_has_one_free_group_per_conv_named_after_its_kernel_and_the_classifi
   assert plan.groups[-1].readers[0].module == ('Dense_0',)
 
 
+@pytest.mark.slow
 def test_resnet18_streams_are_tied_across_the_stem_the_blocks_last_convs_and_the_projection():
   _, _, plan = net('resnet18', width=2, small_input=True)
   groups = {group.name: group for group in plan.groups}
@@ -84,6 +85,7 @@ def test_a_tied_group_is_kept_or_removed_whole_in_every_conv_that_writes_it(name
       assert not kernel[..., ~np.asarray(mask[group.name])].any()
 
 
+@pytest.mark.slow
 def test_a_tied_channel_scores_the_sum_of_its_writers_meta_gradients():
   model, variables, plan = net('resnet20', width=2)
   params = jax.tree.map(lambda p: p.astype(jnp.float64), variables['params'])
@@ -113,6 +115,7 @@ def three_classes(batches):
     yield {**batch, 'label': batch['label'] % 3}
 
 
+@pytest.mark.slow
 def test_dead_channels_stay_exactly_zero_through_momentum_weight_decay_a_restore_and_more_training(tmp_path):
   model, variables, plan = net('resnet20', width=4)
   mask = groups.ones(plan)
@@ -143,6 +146,7 @@ def test_dead_channels_stay_exactly_zero_through_momentum_weight_decay_a_restore
   assert np.asarray(stream['OptionABlock_8']['__call__'][0])[..., 6].any()
 
 
+@pytest.mark.slow
 def test_an_untied_per_kernel_resnet_mask_is_called_so_and_the_fix_is_named():
   model, variables, plan = net('resnet18', width=2, small_input=True)
   batches = (jax.random.normal(jax.random.key(1), (1, 2, 16, 16, 3)), jnp.array([[0, 1]]))

@@ -225,6 +225,7 @@ def run_script(*args, cwd=ROOT, env=None):
                         env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_prune_py_refuses_a_misspelt_field_from_another_folder_in_one_line(tmp_path):
   done = run_script(ROOT / 'prune.py', '--config=configs/default.py', '--config.prune.sparsty=0.5', cwd=tmp_path)
   assert done.returncode == 2 and done.stderr.splitlines() == [
@@ -233,6 +234,7 @@ def test_prune_py_refuses_a_misspelt_field_from_another_folder_in_one_line(tmp_p
   assert shown.returncode == 2 and 'Traceback' in shown.stderr and 'did you mean "sparsity"?' in shown.stderr
 
 
+@pytest.mark.slow
 def test_prune_py_reports_an_emptied_layer_in_one_line_and_leaves_no_workdir(tmp_path):
   done = run_script('prune.py', '--config.num_epochs=0', '--config.prune.num_steps=1', '--config.prune.sparsity=0.9999',
                     f'--workdir={tmp_path / "run"}')
@@ -240,12 +242,14 @@ def test_prune_py_reports_an_emptied_layer_in_one_line_and_leaves_no_workdir(tmp
   assert 'would remove every weight of' in error_line(done.stderr) and not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_train_py_reports_a_missing_mask_file_in_one_line(tmp_path):
   done = run_script('train.py', f'--config.mask_path={tmp_path / "nope.npz"}', f'--workdir={tmp_path / "run"}')
   assert done.returncode == 2 and 'Traceback' not in done.stderr
   assert f'mask file {tmp_path / "nope.npz"} does not exist' in error_line(done.stderr)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_exits_130_naming_the_checkpoint_to_resume_from(tmp_path):
   checkpoints = tmp_path / 'pruned' / 'checkpoints'
   process = subprocess.Popen(

@@ -131,7 +131,8 @@ def assert_masked_equals_compact(family, mask):
   return narrow, small
 
 
-@pytest.mark.parametrize('family', sorted(FAMILIES))
+@pytest.mark.parametrize('family', [pytest.param(f, marks=pytest.mark.slow) if f in (
+    'bottleneck', 'resnet18', 'resnet20', 'vgg11', 'vgg13_imagenet_head') else f for f in sorted(FAMILIES)])
 def test_the_compact_network_computes_the_masked_ones_outputs_and_gradients(family):
   model, variables, _, _ = network(family)
   plan = plans.channel_plan(model, variables['params'])
@@ -141,6 +142,7 @@ def test_the_compact_network_computes_the_masked_ones_outputs_and_gradients(fami
 @pytest.mark.parametrize('family, density, single', [
     ('vgg11', 0.2, 3), ('resnet20', 0.15, 0), ('resnet18', 0.8, None),
 ])
+@pytest.mark.slow
 def test_compaction_is_exact_at_several_sparsities_and_with_a_single_channel_left(family, density, single):
   model, variables, _, _ = network(family)
   plan = plans.channel_plan(model, variables['params'])
@@ -152,6 +154,7 @@ def test_compaction_is_exact_at_several_sparsities_and_with_a_single_channel_lef
 
 @pytest.mark.parametrize('name, kwargs', [('resnet34', {}), ('resnet50', {'small_input': True}), ('vgg16', {}),
                                           ('vgg19', {'imagenet_head': True})])
+@pytest.mark.slow
 def test_full_depth_networks_compact_to_the_shapes_their_narrow_model_initialises(name, kwargs):
   model = get_model(name, 10, width=2 if name.startswith('resnet') else 1 / 32, **kwargs)
   variables = jax.tree.map(jnp.zeros_like, plans.abstract_variables(model, (32, 32, 3)))
@@ -200,6 +203,7 @@ def assert_each_stream_is_kept_or_removed_whole(model, variables, mask, narrow, 
     ('resnet18_small_input', 0.3, 'Conv_0/kernel'),  # stage 1's stream, written by the stem too
     ('resnet18_small_input', 0.7, 'BasicBlock_4/Conv_0/kernel'),
 ])
+@pytest.mark.slow
 def test_full_depth_networks_compact_exactly_at_two_sparsities_with_one_channel_left_and_streams_kept_whole(
     family, density, single):
   model, variables, _, _ = network(family)
@@ -214,6 +218,7 @@ def test_full_depth_networks_compact_exactly_at_two_sparsities_with_one_channel_
     assert_each_stream_is_kept_or_removed_whole(model, variables, mask, narrow, small)
 
 
+@pytest.mark.slow
 def test_the_compact_resnets_widths_are_the_kept_channels_of_each_tied_stream():
   model, variables, _, _ = network('resnet18')
   plan = plans.channel_plan(model, variables['params'])
@@ -224,6 +229,7 @@ def test_the_compact_resnets_widths_are_the_kept_channels_of_each_tied_stream():
   assert narrow.block_widths == tuple((int(mask[f'BasicBlock_{b}/Conv_0/kernel'].sum()),) for b in range(8))
 
 
+@pytest.mark.slow
 def test_resnet20s_compact_shortcut_pads_only_the_kept_padding_channels():
   model, variables, _, _ = network('resnet20')  # stage widths 4, 8, 16: pads (2, 2) and (4, 4)
   plan = plans.channel_plan(model, variables['params'])
@@ -234,6 +240,7 @@ def test_resnet20s_compact_shortcut_pads_only_the_kept_padding_channels():
   assert narrow.shortcut_pads == ((1, 0), (0, 0)) and narrow.stage_widths == (4, 5, 5)
 
 
+@pytest.mark.slow
 def test_embedding_the_compact_variables_gives_back_the_masked_ones():
   model, variables, _, _ = network('resnet20')
   plan = plans.channel_plan(model, variables['params'])
@@ -245,6 +252,7 @@ def test_embedding_the_compact_variables_gives_back_the_masked_ones():
   jax.tree.map(np.testing.assert_array_equal, groups.embed(plan, mask, small, zeros), masked)
 
 
+@pytest.mark.slow
 def test_a_saved_compact_network_is_rebuilt_by_name_with_the_same_outputs(tmp_path):
   model, variables, x, _ = network('resnet20')
   plan = plans.channel_plan(model, variables['params'])
@@ -261,6 +269,7 @@ class Unknown(nn.Module):
     return nn.Dense(3)(nn.relu(nn.Dense(4)(x)))
 
 
+@pytest.mark.slow
 def test_compaction_refuses_bad_input_with_a_message():
   model, variables, _, _ = network('vgg11')
   plan = plans.channel_plan(model, variables['params'])

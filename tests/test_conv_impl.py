@@ -23,7 +23,8 @@ def lax_conv(x, w, strides, padding):
 CASES = [(k, s, p) for k in (1, 3) for s in ((1, 1), (2, 2)) for p in ('SAME', 'VALID', ((1, 2), (0, 1)))]
 
 
-@pytest.mark.parametrize('impl', sorted(IMPLS))
+@pytest.mark.parametrize('impl', [pytest.param(i, marks=pytest.mark.slow) if i == 'auto_cpu' else i
+                                  for i in sorted(IMPLS)])
 @pytest.mark.parametrize('kernel, strides, padding', CASES)
 def test_outputs_and_first_and_second_order_gradients_equal_lax_conv(impl, kernel, strides, padding):
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
@@ -54,9 +55,10 @@ WINOGRAD_CASES = [((2, 7, 6, 3), 'SAME'), ((2, 7, 6, 3), 'VALID'), ((1, 5, 8, 2)
                   ((1, 3, 3, 2), ((2, 0), (0, 2)))]
 
 
-# F(4x4, 3x3), not used by default (its float32 rounding), on partial tiles and on asymmetric pads only.
-@pytest.mark.parametrize('shape, padding, tile', [(*case, 2) for case in WINOGRAD_CASES]
-                         + [(*WINOGRAD_CASES[0], 4), (*WINOGRAD_CASES[3], 4)])
+# F(4x4, 3x3) is not used by default (its float32 rounding). One F(2x2, 3x3) case with partial tiles is fast.
+@pytest.mark.parametrize('shape, padding, tile', [
+    (*case, tile) if (case, tile) == (WINOGRAD_CASES[1], 2) else pytest.param(*case, tile, marks=pytest.mark.slow)
+    for tile in (2, 4) for case in WINOGRAD_CASES])
 def test_winograd_equals_lax_conv_to_second_order_and_under_vmap(shape, padding, tile):
   """F(2x2, 3x3) and F(4x4, 3x3) on output sizes that are and are not whole tiles (a partial tile gets zero rows
   or columns, cut off), asymmetric pads."""
@@ -127,6 +129,7 @@ def meta_gradient_problem(model_name, conv_impl, size, **kwargs):
   return variables['params'], (x, y), prospr_jax.flax_loss_fn(model, variables)
 
 
+@pytest.mark.slow
 def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolutions():
   model = get_model('resnet20', 10, conv_general_dilated=impls.resolve_conv_impl('auto', 'cpu'))
   x, y = jnp.ones((2, 2, 16, 16, 3), jnp.float32), jnp.zeros((2, 2), jnp.int32)
@@ -143,13 +146,17 @@ def test_the_optimized_hlo_of_an_exact_meta_gradient_has_only_canonical_convolut
 
 # Small nets that still have layers on both sides of auto's 64-input-channel switch (ResNet-20's last stage has 64);
 # their 64-channel layers take Winograd (every batch size, by the patched threshold), lean Winograd in the lean
-# setting. VGG pools 4 times.
-# auto:0.01: lean im2col, with VGG's 32x32 layers split into one-image chunks.
+# setting; with 4x4 tiles allowed, F(4x4, 3x3) on VGG-11's 8x8 and 4x4 outputs and F(2x2, 3x3) on its 2x2 ones.
+# VGG pools 4 times. auto:0.01: lean im2col, with VGG's 32x32 layers split into one-image chunks.
 @pytest.mark.parametrize('model_name, size, auto, kwargs', [('resnet20', 8, 'auto', {}),
                                                             ('vgg11', 32, 'auto', {'width': 0.25}),
+                                                            ('vgg11', 32, 'auto', {'width': 0.25, 'tiles': (4, 2)}),
                                                             ('vgg11', 32, 'auto:0.01', {'width': 0.25})])
+@pytest.mark.slow
 def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, auto, kwargs, monkeypatch):
   monkeypatch.setattr(impls, 'WINOGRAD_MIN_TILES', 1)  # these batches are tiny: Winograd for every wide 3x3 layer
+  kwargs = dict(kwargs)
+  monkeypatch.setattr(impls, 'WINOGRAD_TILES', kwargs.pop('tiles', impls.WINOGRAD_TILES))
   params, batches, lax_loss = meta_gradient_problem(model_name, 'lax', size, **kwargs)
   _, _, auto_loss = meta_gradient_problem(model_name, auto, size, **kwargs)
   a = prospr_jax.prospr_saliency(params, batches, loss_fn=auto_loss)
@@ -160,6 +167,7 @@ def test_saliency_with_auto_equals_saliency_with_lax(model_name, size, auto, kwa
 
 @pytest.mark.parametrize('kernel, strides, padding', [(3, (1, 1), 'SAME'), (3, (2, 2), 'VALID'),
                                                      (3, (2, 2), ((1, 2), (0, 1))), (1, (2, 2), 'SAME')])
+@pytest.mark.slow
 def test_lean_im2col_over_batch_chunks_equals_lax_conv_to_second_order(kernel, strides, padding):
   lean = impls.resolve_conv_impl('im2col:1e-6', 'cpu')  # one image per chunk: a loop of 3
   x = jax.random.normal(jax.random.key(0), (3, 7, 6, 3))
@@ -169,8 +177,10 @@ def test_lean_im2col_over_batch_chunks_equals_lax_conv_to_second_order(kernel, s
   assert_equal_to_second_order_and_under_vmap(ours, ref, x, w)
 
 
-@pytest.mark.parametrize('shape, padding, tile', [((3, 7, 6, 3), 'SAME', 2), ((3, 5, 8, 2), ((1, 2), (0, 1)), 2),
-                                                  ((3, 3, 3, 2), ((2, 0), (0, 2)), 2), ((3, 7, 6, 3), 'SAME', 4)])
+@pytest.mark.parametrize('shape, padding', [((3, 7, 6, 3), 'SAME'), ((3, 5, 8, 2), ((1, 2), (0, 1))),
+                                            ((3, 3, 3, 2), ((2, 0), (0, 2)))])
+@pytest.mark.parametrize('tile', [2, 4])
+@pytest.mark.slow
 def test_lean_winograd_over_batch_chunks_equals_lax_conv_to_second_order(shape, padding, tile):
   """F, D (Winograd with the flipped kernel) and W (tile products summed over chunks), one image per chunk."""
   x = jax.random.normal(jax.random.key(0), shape)
@@ -181,6 +191,7 @@ def test_lean_winograd_over_batch_chunks_equals_lax_conv_to_second_order(shape, 
   assert_equal_to_second_order_and_under_vmap(ours, ref, x, w)
 
 
+@pytest.mark.slow
 def test_a_gradient_through_lean_im2col_never_holds_the_whole_batchs_columns():
   """The backward pass rebuilds each chunk's columns: XLA may not keep the forward's (by CSE or early scheduling)."""
   x, w = jnp.ones((32, 16, 16, 16), jnp.float32), jnp.ones((3, 3, 16, 16), jnp.float32)

@@ -16,6 +16,7 @@ def test_snip_equals_the_authors_snip_scores():
     np.testing.assert_allclose(scores[layer]['kernel'], ref[f'score_normalized_{layer}_kernel'], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_snip_over_several_batches_scores_the_mean_loss():
   params, batches, loss_fn = mlp_problem()
   scores = prospr_jax.snip_saliency(params, batches, loss_fn=loss_fn)

@@ -251,6 +251,7 @@ FASHION_MNIST_DIR = pathlib.Path('/usr/share/datasets/fashion-mnist')
 
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / 'train-images-idx3-ubyte.gz').exists(),
                     reason='Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)')
+@pytest.mark.slow
 def test_fashion_mnist_normalisation_is_the_training_set_mean_and_std():
   source = data.load_source('fashion_mnist', 'train')
   pixels = source.images.astype(np.float64) / 255

@@ -56,6 +56,7 @@ def test_several_steps_per_dispatch_end_bit_identical_to_one_step_per_dispatch(t
   assert rows(tmp_path) == rows(reference)
 
 
+@pytest.mark.slow
 def test_a_resident_run_stopped_mid_chunk_resumes_bit_identical(tmp_path, reference, monkeypatch):
   def stop_at_step_12(name, step=None):  # in the chunk of steps 11-13, after the checkpoint at step 10
     if name == 'training' and step == 12:
@@ -70,6 +71,7 @@ def test_a_resident_run_stopped_mid_chunk_resumes_bit_identical(tmp_path, refere
   assert rows(tmp_path) == rows(reference)
 
 
+@pytest.mark.slow
 def test_a_resident_run_killed_with_sigkill_at_a_checkpoint_save_resumes_bit_identical(tmp_path, reference):
   args = ['train.py', '--config=configs/default.py', '--config.num_epochs=1', '--config.lr_milestones=()',
           '--config.checkpoint_every_steps=5', '--config.data_on_device=True', '--config.steps_per_dispatch=8',
@@ -170,6 +172,7 @@ def test_a_set_with_host_only_augmentation_is_refused_on_the_device(tmp_path):
     experiment.train_and_evaluate(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_cifar_from_tfds_trains_on_the_device_with_crop_and_flip(tmp_path):
   config = resident_config(dataset='cifar10', batch_size=8, eval_batch_size=8, steps_per_dispatch=2,
                            **{'prune.batch_size': 8})

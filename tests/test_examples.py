@@ -23,6 +23,7 @@ def load_example(name):
 
 
 @pytest.mark.parametrize('name', ['own_model', 'own_model_nnx'])
+@pytest.mark.slow
 def test_an_own_model_example_prunes_trains_and_evaluates_on_the_bundled_digits(name, capsys):
   accuracy = load_example(name).main(steps=3, batch=32, sparsity=0.8)
   assert 0.0 <= accuracy <= 1.0

@@ -23,6 +23,7 @@ def run_script(*args, timeout=600):
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_prune_py_on_the_default_config_writes_mask_report_plots_and_metrics(tmp_path):
   done = run_script('prune.py', '--config=configs/default.py', '--config.num_epochs=2',
                     '--config.lr_milestones=()', f'--workdir={tmp_path}')
@@ -37,6 +38,7 @@ def test_prune_py_on_the_default_config_writes_mask_report_plots_and_metrics(tmp
   assert 'network' in done.stdout and 'dense' in done.stdout and 'prospr' in done.stdout
 
 
+@pytest.mark.slow
 def test_zero_epochs_stops_after_pruning(tmp_path):
   from configs import default
   config = default.get_config()
@@ -45,6 +47,7 @@ def test_zero_epochs_stops_after_pruning(tmp_path):
   assert (tmp_path / 'mask.npz').exists() and not (tmp_path / 'pruned').exists()
 
 
+@pytest.mark.slow
 def test_cifar10_vgg16_runlocal_prunes_and_trains_one_step_on_mock_data(tmp_path):
   from configs import cifar10_vgg16
   config = cifar10_vgg16.get_config('runlocal')
@@ -67,6 +70,7 @@ def final_params(workdir):
   return restored['state']['params']
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_and_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
   args = ['train.py', '--config=configs/default.py', '--config.num_epochs=3', '--config.lr_milestones=()',
           '--config.checkpoint_every_steps=5']
@@ -94,11 +98,12 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_bit_identical_to_an_uninterr
 
 @pytest.mark.parametrize('override, message', [
     ('--config.prune.sparsity=1.5', r'config.prune.sparsity must be in \[0, 1\)'),
-    ('--config.criterion=obd', 'config.criterion=.obd.: valid names are force, grasp, grasp_mb'),
-    ('--config.distribution=erdos', 'config.distribution=.erdos.: valid names are erk, global, uniform'),
-    ('--config.ablation=flip', 'config.ablation=.flip.: valid names are invert, none, reinit, shuffle'),
-    ('--config.model=vgg17', 'config.model=.vgg17.: valid names'),
-    ('--config.prune.streamed=True', 'streamed needs'),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in (
+        ('--config.criterion=obd', 'config.criterion=.obd.: valid names are force, grasp, grasp_mb'),
+        ('--config.distribution=erdos', 'config.distribution=.erdos.: valid names are erk, global, uniform'),
+        ('--config.ablation=flip', 'config.ablation=.flip.: valid names are invert, none, reinit, shuffle'),
+        ('--config.model=vgg17', 'config.model=.vgg17.: valid names'),
+        ('--config.prune.streamed=True', 'streamed needs'))),
 ])
 def test_prune_py_refuses_a_bad_config_with_a_message_and_no_traceback(tmp_path, override, message):
   import re
@@ -106,7 +111,8 @@ def test_prune_py_refuses_a_bad_config_with_a_message_and_no_traceback(tmp_path,
   assert done.returncode == 2 and re.search(message, done.stderr) and 'Traceback' not in done.stderr
 
 
-@pytest.mark.parametrize('criterion', sorted(prospr_jax.CRITERIA))
+@pytest.mark.parametrize('criterion', [c if c in ('prospr', 'snip') else pytest.param(c, marks=pytest.mark.slow)
+                                       for c in sorted(prospr_jax.CRITERIA)])
 def test_every_registered_criterion_prunes_the_default_config(tmp_path, criterion):
   from configs import default
   config = default.get_config()
@@ -121,6 +127,7 @@ def test_every_registered_criterion_prunes_the_default_config(tmp_path, criterio
 
 @pytest.mark.parametrize('distribution, ablation', [('erk', 'none'), ('uniform', 'shuffle'), ('global', 'invert'),
                                                     ('global', 'reinit')])
+@pytest.mark.slow
 def test_distribution_and_ablation_are_chosen_by_name_and_recorded(tmp_path, distribution, ablation):
   from configs import default
   config = default.get_config()
@@ -143,6 +150,7 @@ def structured_config(**overrides):
   return config
 
 
+@pytest.mark.slow
 def test_a_structured_run_compacts_trains_the_compact_network_reports_its_cost_and_resumes(tmp_path, caplog):
   caplog.set_level('INFO', logger='prospr_jax')
   results = experiment.prune_and_train(structured_config(), tmp_path)
@@ -169,6 +177,7 @@ def test_a_structured_run_compacts_trains_the_compact_network_reports_its_cost_a
   jax.tree.map(np.testing.assert_array_equal, exported['params'], final_params(tmp_path / 'pruned'))
 
 
+@pytest.mark.slow
 def test_load_compact_trained_says_when_the_run_trained_nothing_and_train_py_exports_the_trained_ones(tmp_path):
   experiment.prune_and_train(structured_config(num_epochs=0), tmp_path / 'prune')
   prospr_jax.load_compact(tmp_path / 'prune')
@@ -184,6 +193,7 @@ def test_train_py_trains_the_dense_network_under_a_structured_config(tmp_path):
   assert 0 <= result['eval_top1'] <= 1 and not (tmp_path / 'compact.json').exists()
 
 
+@pytest.mark.slow
 def test_train_py_trains_a_structured_mask_masked_at_full_width_with_dead_channels_exactly_zero(tmp_path):
   config = structured_config(num_epochs=0)
   config.prune.compact = False

@@ -61,6 +61,7 @@ def exported(request, tmp_path_factory):
   return workdir, deployed_network.load_network(workdir), output
 
 
+@pytest.mark.slow
 def test_the_network_of_an_unstructured_run_is_the_masked_one_restored_from_its_checkpoint(unstructured_run):
   network = deployed_network.load_network(unstructured_run)
   saved = mask_files.load_masks(unstructured_run / 'mask.npz', network.variables['params'])
@@ -71,6 +72,7 @@ def test_the_network_of_an_unstructured_run_is_the_masked_one_restored_from_its_
   assert np.all(kernel[~network.mask['Conv_1']['kernel']] == 0) and np.any(kernel != 0)
 
 
+@pytest.mark.slow
 def test_the_network_of_a_structured_run_is_the_compact_one(compact_run):
   network = deployed_network.load_network(compact_run)
   model, variables = prospr_jax.load_compact(compact_run, trained=True)
@@ -78,6 +80,7 @@ def test_the_network_of_a_structured_run_is_the_compact_one(compact_run):
   assert np.array_equal(network.variables['params']['Dense_0']['kernel'], variables['params']['Dense_0']['kernel'])
 
 
+@pytest.mark.slow
 def test_the_stablehlo_file_gives_the_flax_logits_at_any_batch_size(exported):
   _, network, output = exported
   call = prospr_jax.load_exported(output / 'model.stablehlo')
@@ -86,6 +89,7 @@ def test_the_stablehlo_file_gives_the_flax_logits_at_any_batch_size(exported):
     np.testing.assert_allclose(np.asarray(call(x)), np.asarray(network.apply(x)), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_safetensors_file_holds_the_weights_mask_and_what_rebuilds_the_model(exported):
   pytest.importorskip('safetensors', reason='the export extra is not installed: pip install -e ".[export]"')
   _, network, output = exported
@@ -99,6 +103,7 @@ def test_the_safetensors_file_holds_the_weights_mask_and_what_rebuilds_the_model
     np.testing.assert_array_equal(model.apply(weights, x, train=False), network.apply(x))
 
 
+@pytest.mark.slow
 def test_export_json_records_each_files_difference_and_latency(exported):
   _, _, output = exported
   report = json.loads((output / 'export.json').read_text())
@@ -107,6 +112,7 @@ def test_export_json_records_each_files_difference_and_latency(exported):
 
 
 @pytest.mark.parametrize('run', ['unstructured_run', 'compact_run'])
+@pytest.mark.slow
 def test_the_onnx_file_gives_the_flax_logits_in_onnxruntime(request, run, tmp_path):
   pytest.importorskip('jax2onnx', reason='the export extra is not installed: pip install -e ".[export]"')
   pytest.importorskip('onnxruntime', reason='the export extra is not installed: pip install -e ".[export]"')
@@ -120,6 +126,7 @@ def test_the_onnx_file_gives_the_flax_logits_in_onnxruntime(request, run, tmp_pa
   assert report['files']['onnx']['max_abs_difference'] <= 1e-5
 
 
+@pytest.mark.slow
 def test_the_initial_weights_export_too(unstructured_run, tmp_path):
   report = prospr_jax.export(unstructured_run, tmp_path, formats=['stablehlo'], trained=False)
   initial = deployed_network.load_network(unstructured_run, trained=False)

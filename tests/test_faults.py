@@ -196,6 +196,7 @@ def run_prune(workdir, kill_at=None, signal_name=None):
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_stage_and_sigterm_mid_epoch_then_rerun_end_bit_identical_to_an_uninterrupted_run(tmp_path):
   """SIGTERM (preemption) at step 33 saves a checkpoint there, mid-epoch, and exits 143 with one line; the rerun
   reports epoch 2 over all its steps, as the uninterrupted run does (the strip below compares the train loss)."""
@@ -386,6 +387,7 @@ def test_an_imported_row_with_a_bad_value_is_refused_naming_the_row_and_writes_n
 
 # 3. A resumed epoch reports the whole epoch.
 
+@pytest.mark.slow
 def test_a_run_resumed_mid_epoch_writes_the_rows_of_an_uninterrupted_run(tmp_path, monkeypatch):
   config = small_config(num_epochs=1, checkpoint_every_steps=5, mask_path='')
   experiment.train_and_evaluate(config, tmp_path / 'clean')
@@ -514,6 +516,7 @@ def test_raising_num_epochs_deletes_the_old_ends_results_before_recording_the_ne
   assert not (tmp_path / 'results.json').exists() and not (tmp_path / compaction.TRAINED_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_deleted_compact_variables_file_is_rewritten_and_one_of_other_shapes_is_refused(tmp_path):
   from prospr_jax import files
   from prospr_jax.models import compaction
@@ -607,6 +610,7 @@ def test_a_resumed_cells_time_counts_every_process_that_ran_it(tmp_path, monkeyp
   assert json.loads((cell.directory(tmp_path) / 'cell.json').read_text()) == {'seconds': 40.0}
 
 
+@pytest.mark.slow
 def test_labels_outside_the_classes_are_blamed_on_the_data_and_raw_uint8_images_are_refused():
   from nets import mlp_problem
   params, (x, y), loss_fn = mlp_problem()

@@ -63,17 +63,20 @@ def test_a_criterion_has_the_same_colour_in_every_figure_and_the_references_none
   assert len({in_many[name] for name in many.criteria}) == len(many.criteria)
 
 
+@pytest.mark.slow
 def test_the_layer_density_of_a_channel_mask_is_labelled_channels(captured):
   assert captured['structured']['layer_density.png'].axes[0].get_ylabel() == 'channels kept (%)'
   assert captured['unstructured']['layer_density.png'].axes[0].get_ylabel() == 'weights kept (%)'
 
 
+@pytest.mark.slow
 def test_learning_curves_name_the_network_criterion_and_sparsity_and_mark_every_epoch(captured):
   curves = captured['unstructured']['pruned/learning_curves.png']
   assert curves._suptitle.get_text() == 'small_cnn on digits: pruned network (prospr at 90.0% weight sparsity)'
   assert all(line.get_marker() == 'o' for ax in curves.axes for line in ax.get_lines())  # one epoch is a point
 
 
+@pytest.mark.slow
 def test_every_epoch_log_line_names_the_network_it_trains(captured):
   lines = [line for line in captured['log'] if line.startswith('epoch ')]
   assert [line.split(': {')[0] for line in lines] == [

@@ -23,7 +23,8 @@ def finite_difference(f, masks, leaf_index, flat_index):
   return (shifted(EPS) - shifted(-EPS)) / (2 * EPS)
 
 
-@pytest.mark.parametrize('problem', [mlp_problem, bn_cnn_problem], ids=['mlp', 'batchnorm_cnn'])
+@pytest.mark.parametrize('problem', [mlp_problem, pytest.param(bn_cnn_problem, marks=pytest.mark.slow)],
+                         ids=['mlp', 'batchnorm_cnn'])
 @pytest.mark.parametrize('momentum', [0.0, 0.9])
 def test_exact_meta_gradient_matches_central_differences(problem, momentum):
   params, batches, loss_fn = problem()

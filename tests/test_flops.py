@@ -54,6 +54,7 @@ def three_sp_under(implementation):
           flops.forward_flops(model, variables, (16, 16, 3)))
 
 
+@pytest.mark.slow
 def test_three_sp_costs_and_scores_are_the_same_under_every_convolution_implementation():
   costs, scores, total = three_sp_under('lax')
   for implementation in ('auto', 'auto:32', 'im2col', 'winograd'):
@@ -64,6 +65,7 @@ def test_three_sp_costs_and_scores_are_the_same_under_every_convolution_implemen
                  other_scores, scores)
 
 
+@pytest.mark.slow
 def test_reading_positions_off_a_loss_that_runs_im2col_is_refused_naming_the_count_from_shapes():
   model = get_model('vgg11', 3, width=1 / 16, conv_general_dilated=IMPLEMENTATIONS['im2col'])
   variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)

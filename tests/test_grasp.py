@@ -35,6 +35,7 @@ def test_we_keep_the_highest_theta_hg_which_the_authors_express_as_removing_the_
   assert list(np.asarray(masks['w']).ravel()) == list(s_authors <= np.sort(s_authors)[1])
 
 
+@pytest.mark.slow
 def test_hessian_gradient_product_equals_central_differences_of_the_gradient():
   params, batches, loss_fn = bn_cnn_problem()
   mask = prospr_jax.ones_mask(params)

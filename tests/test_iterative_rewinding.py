@@ -90,6 +90,7 @@ def test_a_round_keeps_the_largest_trained_weights_among_those_the_previous_roun
   assert np.array_equal(mask['b']['kernel'], [[True], [True]]) and mask['b']['bias'] is None
 
 
+@pytest.mark.slow
 def test_each_round_removes_20_percent_of_the_remaining_weights_exactly(swept, setup):
   workdir = swept[0]
   total = flat(masks_lib.all_ones_mask(setup.variables['params'])).size
@@ -101,6 +102,7 @@ def test_each_round_removes_20_percent_of_the_remaining_weights_exactly(swept, s
   assert int(flat(mask_of(workdir, 0.5, setup)).sum()) == topk.num_to_keep(total, 0.5)  # the shorter last round
 
 
+@pytest.mark.slow
 def test_masks_are_monotone_and_each_keeps_the_largest_weights_the_previous_round_trained(swept, setup, steps):
   workdir = swept[0]
   previous, trained = masks_lib.all_ones_mask(setup.variables['params']), final_params(workdir, DENSE, setup, steps)
@@ -114,6 +116,7 @@ def test_masks_are_monotone_and_each_keeps_the_largest_weights_the_previous_roun
     previous, trained = mask, final_params(workdir, cell(sparsity), setup, steps, mask)
 
 
+@pytest.mark.slow
 def test_every_round_restarts_from_the_rewind_point(swept, setup, steps):
   workdir, _, calls = swept
   rewind = restore_state(setup, DENSE.directory(workdir) / 'checkpoints', steps)  # the dense run's end of epoch 1
@@ -125,6 +128,7 @@ def test_every_round_restarts_from_the_rewind_point(swept, setup, steps):
     assert_trees_equal(variables['batch_stats'], rewind.batch_stats)
 
 
+@pytest.mark.slow
 def test_each_round_is_recorded_as_the_cell_of_its_sparsity(swept):
   workdir, outcome = swept[:2]
   assert (outcome.total, outcome.ran, outcome.remaining) == (3, 3, 0)  # dense and the grid's two cells
@@ -144,6 +148,7 @@ def test_each_round_is_recorded_as_the_cell_of_its_sparsity(swept):
   assert '20% of the remaining weights per round' in (workdir / 'table.md').read_text()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_the_last_finished_round(swept, steps, tmp_path):
   workdir = swept[0]
   copy = tmp_path / 'copy'

@@ -125,18 +125,21 @@ def nnx_reference(name):
   return score(name, params, batches, **model_fn)
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', [n if n == 'snip' else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CASES)])
 def test_a_train_state_with_batch_stats_scores_like_params_with_flax_loss_fn(name):
   _, _, batches = linen_problem()
   assert_same_tree(score(name, linen_state(), batches), linen_reference(name))
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('name', [n if n == 'snip' else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CASES)])
 def test_an_nnx_module_scores_like_its_pure_params_with_a_hand_written_loss(name):
   _, _, batches = linen_problem()
   assert_same_tree(score(name, nnx_module(), batches), nnx_reference(name), rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_the_shortest_call_takes_a_train_state_and_batches_only():
   model = MLP()
   batches = classification_batches(jax.random.key(0), 3, 10, (6,), model.classes)
@@ -203,6 +206,7 @@ def test_scoring_leaves_the_nnx_module_state_and_mode_unchanged(mode):
   assert_same_tree(scores, nnx_reference('prospr'), rtol=1e-9)  # batch statistics, whatever the mode
 
 
+@pytest.mark.slow
 def test_a_loss_fn_given_with_a_model_is_used_on_its_params():
   model, variables, batches = linen_problem()
   hot = prospr_jax.flax_loss_fn(model, variables, temperature=200.0)
@@ -243,6 +247,7 @@ def test_any_object_with_apply_fn_params_and_batch_stats_counts_as_a_train_state
   assert_same_tree(prospr_jax.snip_saliency(state, batches), linen_reference('snip'))
 
 
+@pytest.mark.slow
 def test_the_target_may_be_passed_by_keyword():
   _, _, batches = linen_problem()
   assert_same_tree(prospr_jax.snip_saliency(params=linen_state(), batches=batches), linen_reference('snip'))
@@ -255,6 +260,7 @@ def test_dict_batches_with_image_and_label_work_for_an_nnx_module():
 
 
 
+@pytest.mark.slow
 def test_the_criteria_import_no_flax():
   code = 'import sys, prospr_jax.criteria; print(sorted(m for m in sys.modules if m.split(".")[0] == "flax"))'
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout

@@ -41,6 +41,7 @@ def test_parameter_counts_match_the_reference_models(name, num_classes, image_si
   assert count_params(name, num_classes, image_size, channels, **kwargs) == expected
 
 
+@pytest.mark.slow
 def test_every_model_maps_images_to_logits():
   for name in ('small_cnn', 'vgg11', 'resnet20', 'resnet18'):
     model, variables = init(name, num_classes=7, **({'small_input': True} if name == 'resnet18' else {}))
@@ -56,7 +57,8 @@ def test_every_registered_model_maps_a_28x28_grey_batch_to_logits(name):
   assert jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape == (2, 10)
 
 
-@pytest.mark.parametrize('name', ['resnet20', 'vgg16', 'lenet5', 'lenet300_100'])
+@pytest.mark.parametrize('name', [pytest.param('resnet20', marks=pytest.mark.slow),
+                                  pytest.param('vgg16', marks=pytest.mark.slow), 'lenet5', 'lenet300_100'])
 def test_the_fashion_mnist_networks_run_on_28x28_grey_images(name):
   model, variables = init(name, image_size=28, channels=1)
   x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
@@ -78,6 +80,7 @@ def test_vgg_has_four_max_pools_and_no_pool_after_the_last_conv(depth):
   assert vgg.STACKS[depth].count('M') == 4 and vgg.STACKS[depth][-1] != 'M'
 
 
+@pytest.mark.slow
 def test_vgg_cifar_head_averages_the_last_2x2_map_into_one_dense():
   last_map, logits, params = vgg_last_map(16, 32, width=0.25)
   assert last_map.shape == (2, 2, 2, 128)
@@ -86,6 +89,7 @@ def test_vgg_cifar_head_averages_the_last_2x2_map_into_one_dense():
   np.testing.assert_allclose(logits, pooled @ dense['kernel'] + dense['bias'], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vgg_on_28x28_pools_to_one_pixel_before_the_head():
   last_map, _, _ = vgg_last_map(16, 28, channels=1, width=0.25)
   assert last_map.shape == (2, 1, 1, 128)  # 28 -> 14 -> 7 -> 3 -> 1
@@ -131,6 +135,7 @@ class PoolNet(nn.Module):
     return nn.Dense(10)(x.mean(axis=(1, 2)))
 
 
+@pytest.mark.slow
 def test_max_pool_2x2_meta_gradients_equal_flax_max_pools():
   """Second derivatives are exact: a reshape-and-max pool is off by about 24% here."""
   batches = (jax.random.normal(jax.random.key(4), (2, 2, 16, 16, 3)), jnp.arange(4).reshape(2, 2) % 10)
@@ -145,6 +150,7 @@ def test_max_pool_2x2_meta_gradients_equal_flax_max_pools():
                meta_gradient(pooling.max_pool_2x2), meta_gradient(lambda x: nn.max_pool(x, (2, 2), (2, 2))))
 
 
+@pytest.mark.slow
 def test_vgg_pools_with_max_pool_2x2_on_cpu_and_equals_flax_max_pool_to_second_order():
   """No ``reduce-window`` index arrays in VGG's derivative on CPU; the meta-gradient is that of ``nn.max_pool``."""
   assert jax.default_backend() == 'cpu'
@@ -185,6 +191,7 @@ def assert_torch_default(kernel, bias, fan_in):
     assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.5 * bound  # uniform, not zero
 
 
+@pytest.mark.slow
 def test_vgg_convs_are_he_normal_fan_out_with_zero_bias_and_the_classifier_torch_default():
   _, variables = init('vgg16')
   params = variables['params']
@@ -194,6 +201,7 @@ def test_vgg_convs_are_he_normal_fan_out_with_zero_bias_and_the_classifier_torch
   assert_torch_default(leaf(params, ['Dense_0', 'kernel']), leaf(params, ['Dense_0', 'bias']), 512)
 
 
+@pytest.mark.slow
 def test_vgg_imagenet_classifier_is_torchvisions_normal_0_01_with_zero_bias():
   model = get_model('vgg11', 10, imagenet_head=True, width=0.125)
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
@@ -201,6 +209,7 @@ def test_vgg_imagenet_classifier_is_torchvisions_normal_0_01_with_zero_bias():
   assert not leaf(params, ['Dense_1', 'bias']).any() and not leaf(params, ['Dense_2', 'bias']).any()
 
 
+@pytest.mark.slow
 def test_batchnorm_starts_at_scale_one_and_bias_zero():
   for name, kwargs in (('vgg11', {'width': 0.125}), ('resnet20', {}), ('resnet18', {'small_input': True})):
     _, variables = init(name, **kwargs)
@@ -236,6 +245,7 @@ def test_zoo_batchnorm_normalises_a_large_offset_in_float32_as_float64_does():
   np.testing.assert_allclose(out, exact, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_resnet20_convs_and_classifier_are_he_normal_fan_in_with_a_torch_default_bias():
   _, variables = init('resnet20')
   params = variables['params']
@@ -246,6 +256,7 @@ def test_resnet20_convs_and_classifier_are_he_normal_fan_in_with_a_torch_default
   assert np.abs(leaf(params, ['Dense_0', 'bias'])).max() <= 1 / 8
 
 
+@pytest.mark.slow
 def test_resnet18_and_50_convs_keep_pytorchs_default_init_as_in_the_authors_code():
   _, variables = init('resnet18', small_input=True)
   params = variables['params']
@@ -258,6 +269,7 @@ def test_resnet18_and_50_convs_keep_pytorchs_default_init_as_in_the_authors_code
   assert_torch_default(leaf(params, ['Bottleneck_7', 'Conv_1', 'kernel']), None, 9 * 256)  # stage 3, 3x3
 
 
+@pytest.mark.slow
 def test_resnet_torchvision_init_is_he_normal_fan_out():
   _, variables = init('resnet18', small_input=True, conv_init='torchvision')
   kernel = leaf(variables['params'], ['BasicBlock_4', 'Conv_1', 'kernel'])  # 3x3, 256 -> 256
@@ -266,6 +278,7 @@ def test_resnet_torchvision_init_is_he_normal_fan_out():
     init('resnet18', small_input=True, conv_init='kaiming')
 
 
+@pytest.mark.slow
 def test_lenets_use_pytorchs_default_init_for_every_kernel_and_bias():
   _, variables = init('lenet5', 28, 1)
   params = variables['params']

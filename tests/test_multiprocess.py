@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes: each test runs whole jobs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL_RUN = ['--config=configs/default.py', '--config.num_epochs=1', '--config.lr_milestones=()',
              '--config.compare_dense=False',

@@ -14,6 +14,7 @@ CASES = {
     'snip_m0': {},
     'prospr_full_m3_mom0_structured': {'structured': True},
 }
+FAST_CASES = ('prospr_fo_m3_mom0', 'snip_m0')  # in pytest -m 'not slow' (the scores test runs every case)
 
 
 def run(name, fn=prospr_jax.prospr_saliency):
@@ -27,7 +28,7 @@ def assert_close_relative(actual, expected):
   np.testing.assert_array_less(np.max(np.abs(np.asarray(actual) - expected)), RTOL * np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize('name', CASES)
+@pytest.mark.parametrize('name', [n if n in FAST_CASES else pytest.param(n, marks=pytest.mark.slow) for n in CASES])
 def test_meta_gradients_match_the_authors_code(name):
   ref, grads = run(name, prospr_jax.prospr_meta_gradient)
   for layer in ORACLE_LAYERS:
@@ -47,8 +48,9 @@ def test_scores_are_normalised_absolute_meta_gradients(name):
 
 
 # The structured 90% mask empties conv1: the official code refuses it, and so do we (below).
-@pytest.mark.parametrize('name, sparsity', [(name, sparsity) for name in CASES for sparsity in (0.5, 0.9)
-                                            if (name, sparsity) != ('prospr_full_m3_mom0_structured', 0.9)])
+@pytest.mark.parametrize('name, sparsity', [
+    (name, sparsity) if name in FAST_CASES else pytest.param(name, sparsity, marks=pytest.mark.slow)
+    for name in CASES for sparsity in (0.5, 0.9) if (name, sparsity) != ('prospr_full_m3_mom0_structured', 0.9)])
 def test_masks_equal_the_authors_masks(name, sparsity):
   ref, scores = run(name)
   masks = prospr_jax.global_topk_mask(scores, sparsity)
@@ -63,6 +65,7 @@ def test_structured_90_percent_mask_is_refused_like_the_authors_health_check():
     prospr_jax.global_topk_mask(scores, 0.9)
 
 
+@pytest.mark.slow
 def test_structured_90_percent_keep_one_per_layer_swaps_the_last_kept_channel_for_conv1s_best():
   ref, scores = run('prospr_full_m3_mom0_structured')
   masks = prospr_jax.global_topk_mask(scores, 0.9, keep_one_per_layer=True)

@@ -18,6 +18,7 @@ def test_a_cpu_is_split_into_core_sets_and_a_gpu_into_memory_fractions():
     parallel.slots(0, 'cpu')
 
 
+@pytest.mark.slow
 def test_two_cells_at_once_give_the_results_of_one_at_a_time(tmp_path):
   from configs import default
   config = default.get_config()
@@ -44,6 +45,7 @@ def test_a_failing_cell_is_named_with_its_log_and_the_others_finish(tmp_path):
   assert skipped == 2
 
 
+@pytest.mark.slow
 def test_cells_that_prune_after_training_run_after_the_others_one_at_a_time(tmp_path):
   order = tmp_path / 'order.txt'
   commands = [f'sleep 0.3; echo after1 >> {order} # --only_cell=a', f'sleep 0.5; echo first >> {order}',

@@ -41,6 +41,7 @@ def test_float64_scoring_is_the_float64_computation_bit_for_bit():
   jax.tree.map(np.testing.assert_array_equal, scoped, exact)
 
 
+@pytest.mark.slow
 def test_bfloat16_parameters_score_and_mask_as_their_float32_upcast():
   ref = load_oracle('prospr_full_m3_mom0')
   params = to(jnp.bfloat16, oracle_params(ref))
@@ -63,6 +64,7 @@ def test_float64_scores_are_ranked_in_float64_even_outside_x64():
   assert mask['a'].tolist() == [False, True, False]
 
 
+@pytest.mark.slow
 def test_highest_precision_scores_run_and_the_cpu_computes_float32_at_full_precision_anyway():
   ref = load_oracle('snip_m0')
   params, batches = to(jnp.float32, oracle_params(ref)), to(jnp.float32, oracle_batches(ref))
@@ -93,6 +95,7 @@ def test_the_stability_check_scores_again_more_exactly_or_on_nudged_inputs():
   assert stability.kept_overlap(masks, other) == {'total': 2 / 3, 'layers': {'a': 0.5, 'b': 1.0}}
 
 
+@pytest.mark.slow
 def test_a_run_records_its_precision_and_the_stability_of_its_mask(tmp_path):
   from configs import default
   config = default.get_config()
@@ -106,6 +109,7 @@ def test_a_run_records_its_precision_and_the_stability_of_its_mask(tmp_path):
       'Conv_0/kernel', 'Conv_1/kernel', 'Dense_0/kernel'}
 
 
+@pytest.mark.slow
 def test_deterministic_ops_are_requested_before_jax_starts_and_refused_after():
   code = ('from prospr_jax import determinism; determinism.request_deterministic_ops(); import jax; jax.devices(); '
           'import os; print(os.environ["XLA_FLAGS"])')

@@ -25,6 +25,7 @@ def first_batch(batches):
 
 
 @pytest.mark.parametrize('momentum', [0.0, 0.9])
+@pytest.mark.slow
 def test_scan_equals_a_python_loop_unroll(momentum):
   params, batches, loss_fn = bn_cnn_problem()
   ours = prospr_jax.prospr_meta_gradient(params, batches, loss_fn=loss_fn, inner_momentum=momentum)
@@ -33,6 +34,7 @@ def test_scan_equals_a_python_loop_unroll(momentum):
   assert_trees_close(ours, unrolled)
 
 
+@pytest.mark.slow
 def test_checkpointing_the_scan_body_does_not_change_the_scores():
   params, batches, loss_fn = bn_cnn_problem()
   with_remat = prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, checkpoint_steps=True)
@@ -63,7 +65,8 @@ def test_first_order_differs_from_exact():
   assert max(float(jnp.max(jnp.abs(e - f))) for e, f in zip(jax.tree.leaves(exact), jax.tree.leaves(first))) > 1e-4
 
 
-@pytest.mark.parametrize('structured', [False, True], ids=['per_weight', 'per_channel'])
+@pytest.mark.parametrize('structured', [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=['per_weight', 'per_channel'])
 def test_streamed_first_order_equals_scanned(structured):
   params, batches, loss_fn = bn_cnn_problem(num_batches=6)
   scanned = prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, first_order=True, inner_momentum=0.9,
@@ -90,6 +93,7 @@ def test_streamed_with_num_steps_reads_exactly_m_plus_one_batches_of_an_endless_
   assert_trees_close(streamed, prospr_jax.prospr_saliency(params, batches, loss_fn=loss_fn, first_order=True))
 
 
+@pytest.mark.slow
 def test_streamed_holds_at_most_two_batches_at_a_time():
   import gc
   import weakref
@@ -108,6 +112,7 @@ def test_streamed_holds_at_most_two_batches_at_a_time():
   assert most_alive[0] <= 2
 
 
+@pytest.mark.slow
 def test_m_zero_equals_snip():
   params, batches, loss_fn = bn_cnn_problem()
   prospr = prospr_jax.prospr_saliency(params, first_batch(batches), loss_fn=loss_fn)
@@ -116,6 +121,7 @@ def test_m_zero_equals_snip():
 
 
 @pytest.mark.parametrize('first_order', [False, True], ids=['exact', 'first_order'])
+@pytest.mark.slow
 def test_per_channel_meta_gradient_is_the_channel_sum_of_the_per_weight_one(first_order):
   # One mask entry per channel multiplies every weight of the channel, so by the chain rule
   # its derivative is the sum of the per-weight derivatives over that channel.
@@ -129,6 +135,7 @@ def test_per_channel_meta_gradient_is_the_channel_sum_of_the_per_weight_one(firs
     np.testing.assert_allclose(per_channel[conv]['kernel'], g.sum(axis=tuple(range(g.ndim - 1))), **ALL_CLOSE)
 
 
+@pytest.mark.slow
 def test_any_differentiable_optax_optimizer_can_take_the_inner_steps():
   params, batches, loss_fn = mlp_problem()
   adam = optax.adam(1e-2)
@@ -145,6 +152,7 @@ def test_any_differentiable_optax_optimizer_can_take_the_inner_steps():
   assert_trees_close(ours, jax.jit(jax.grad(meta_loss))(jax.tree.map(jnp.ones_like, ours)), rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_first_order_with_an_update_that_reads_the_params_keeps_their_derivative():
   """Weight decay makes dw_M/dw_0 = (1 - lr * decay)^M, not I: first order then differentiates through the steps."""
   params, batches, loss_fn = mlp_problem()
@@ -174,6 +182,7 @@ def test_runs_under_jit(first_order):
   assert_trees_close(jax.jit(score)(params, batches), score(params, batches))
 
 
+@pytest.mark.slow
 def test_the_traced_program_does_not_grow_with_the_number_of_steps():
   params, batches, loss_fn = mlp_problem(num_batches=33)
 

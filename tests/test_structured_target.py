@@ -25,6 +25,7 @@ def vgg11_with_random_channel_scores():
   return plan, params, {group.name: rng.random(group.size) for group in plan.groups}
 
 
+@pytest.mark.slow
 def test_the_weights_target_keeps_the_fewest_channels_in_score_order_whose_weights_meet_the_sparsity():
   plan, params, scores = vgg11_with_random_channel_scores()
   mask = structured_target.mask_for_weight_sparsity(plan, params, scores, 0.9, MASK_AT)
@@ -37,12 +38,14 @@ def test_the_weights_target_keeps_the_fewest_channels_in_score_order_whose_weigh
   assert 0.2 < kept / total < 0.5  # about sqrt(0.1) of the channels keep a tenth of the weights
 
 
+@pytest.mark.slow
 def test_a_channel_sparsity_keeps_far_fewer_weights_than_the_same_weight_sparsity():
   plan, params, scores = vgg11_with_random_channel_scores()
   by_channels = MASK_AT(scores, 0.9)
   assert structured_target.weight_density(plan, by_channels, params) < 0.02  # ~ (1 - 0.9)^2
 
 
+@pytest.mark.slow
 def test_a_structured_run_with_the_weights_target_reports_both_sparsities(tmp_path):
   from configs import default
   config = default.get_config()

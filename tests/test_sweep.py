@@ -67,6 +67,7 @@ def finished_results(workdir):
   return sorted(workdir.glob('cells/**/results.json'))
 
 
+@pytest.mark.slow
 def test_every_cell_finishes_with_one_results_row_each(finished):
   workdir, outcome = finished
   assert (outcome.total, outcome.ran, outcome.remaining) == (CELLS, CELLS, 0)
@@ -84,6 +85,7 @@ def test_every_cell_finishes_with_one_results_row_each(finished):
   assert 0 <= pruned['top5'] <= 1 and pruned['top1'] <= pruned['top5']
 
 
+@pytest.mark.slow
 def test_table_holds_mean_and_sample_std_over_seeds(finished):
   workdir, _ = finished
   rows, table_csv, markdown = results_rows(workdir), csv_rows(workdir), (workdir / 'table.md').read_text()
@@ -97,6 +99,7 @@ def test_table_holds_mean_and_sample_std_over_seeds(finished):
   assert '| Sparsity (%) | 50.0 | 90.0 |' in markdown
 
 
+@pytest.mark.slow
 def test_figure_points_equal_the_table(finished):
   workdir, _ = finished
   base, grid = sweep.record.read_sweep(workdir)
@@ -114,6 +117,7 @@ def test_figure_points_equal_the_table(finished):
     assert (workdir / f'{figure.FIGURE_NAME}.{suffix}').stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_rerun_skips_every_finished_cell_and_keeps_the_table(finished):
   workdir, _ = finished
   before = {path: path.stat().st_mtime_ns for path in finished_results(workdir)}
@@ -124,6 +128,7 @@ def test_rerun_skips_every_finished_cell_and_keeps_the_table(finished):
   assert (workdir / 'table.md').read_text() == markdown
 
 
+@pytest.mark.slow
 def test_budget_stops_between_cells_and_the_resumed_sweep_gives_the_same_table(finished, tmp_path):
   workdir, _ = finished
   removed = (sweep.Cell('dense', 0.0, 1), sweep.Cell('random', 0.9, 1))
@@ -139,6 +144,7 @@ def test_budget_stops_between_cells_and_the_resumed_sweep_gives_the_same_table(f
     assert (copy / name).read_text() == (workdir / name).read_text()
 
 
+@pytest.mark.slow
 def test_changed_base_config_is_refused_in_one_line_and_keeps_every_cell(finished):
   workdir, _ = finished
   before = finished_results(workdir)
@@ -150,6 +156,7 @@ def test_changed_base_config_is_refused_in_one_line_and_keeps_every_cell(finishe
   assert finished_results(workdir) == before and len(results_rows(workdir)) == CELLS
 
 
+@pytest.mark.slow
 def test_adding_to_the_grid_is_allowed_and_the_table_keeps_the_recorded_cells(finished, tmp_path):
   copy = copy_of(finished[0], tmp_path)
   commands_out = sweep.pending_commands(base_config(), sweep.make_grid('magnitude', '0.5,0.95', 3), copy,
@@ -158,6 +165,7 @@ def test_adding_to_the_grid_is_allowed_and_the_table_keeps_the_recorded_cells(fi
   assert sweep.record.read_sweep(copy)[1] == grid_lib.Grid(('magnitude', 'random'), (0.5, 0.9, 0.95), 3)
 
 
+@pytest.mark.slow
 def test_print_commands_lists_only_unfinished_cells(finished, tmp_path):
   copy = copy_of(finished[0], tmp_path, sweep.Cell('dense', 0.0, 0), sweep.Cell('random', 0.5, 1))
   printed = sweep.pending_commands(base_config(), sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), copy,
@@ -172,6 +180,7 @@ def test_print_commands_lists_only_unfinished_cells(finished, tmp_path):
        f'--workdir {copy} --aggregate_only')]
 
 
+@pytest.mark.slow
 def test_printed_prune_command_reruns_its_cell_to_the_same_accuracy(finished, tmp_path):
   cell = sweep.Cell('magnitude', 0.5, 1)
   copy = copy_of(finished[0], tmp_path, cell)
@@ -193,6 +202,7 @@ def test_printed_prune_command_reruns_its_cell_to_the_same_accuracy(finished, tm
   assert ours['eval_top1'] == theirs['eval_top1'] and ours['eval_loss'] == pytest.approx(theirs['eval_loss'], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_changed_base_config_with_one_error_line(finished):
   workdir, _ = finished
   done = run_python('sweep.py', '--config=configs/default.py', '--config.num_epochs=1', '--config.lr_milestones=()',
@@ -288,6 +298,7 @@ def test_progress_logs_cells_done_elapsed_and_time_left(caplog):
   assert '3 of 10 cells done; elapsed 0:00:12, about 0:00:28 left' in caplog.text
 
 
+@pytest.mark.slow
 def test_a_criterion_that_empties_a_layer_is_recorded_as_layer_collapse_and_the_sweep_goes_on(tmp_path):
   """Layer collapse is a result of the criterion (chance accuracy), not a failure that stops the sweep."""
   outcome = sweep.run_sweep(base_config(), 'magnitude', '0.5,0.9999', 1, tmp_path)
@@ -333,6 +344,7 @@ def results_folder(workdir, tmp_path, *left_out):
   return folder
 
 
+@pytest.mark.slow
 def test_another_machine_continues_a_sweep_from_its_results_folder_running_only_the_missing_cells(finished, tmp_path):
   """The committed rows are the sweep's state: imported, they aggregate back to themselves; the rest runs."""
   workdir, _ = finished
@@ -354,6 +366,7 @@ def test_another_machine_continues_a_sweep_from_its_results_folder_running_only_
   assert sweep.import_results(base_config(), grid, folder, fresh) == sweep.ImportOutcome(0, CELLS - 1)
 
 
+@pytest.mark.slow
 def test_importing_a_row_trained_with_another_config_is_refused_and_writes_no_cell(finished, tmp_path):
   folder = results_folder(finished[0], tmp_path)
   rows = results_rows(folder)
@@ -364,6 +377,7 @@ def test_importing_a_row_trained_with_another_config_is_refused_and_writes_no_ce
   assert not (tmp_path / 'fresh').exists()  # neither cells nor sweep.json
 
 
+@pytest.mark.slow
 def test_importing_the_results_of_another_base_config_is_refused_naming_the_field(finished, tmp_path):
   folder = results_folder(finished[0], tmp_path)
   config = base_config()
@@ -373,6 +387,7 @@ def test_importing_the_results_of_another_base_config_is_refused_naming_the_fiel
   assert not (tmp_path / 'fresh').exists()
 
 
+@pytest.mark.slow
 def test_cli_import_of_a_folder_without_results_is_one_error_line_and_leaves_no_workdir(tmp_path):
   done = run_python('sweep.py', '--config=configs/default.py', '--config.num_epochs=1', '--config.lr_milestones=()',
                     f'--criteria={CRITERIA}', f'--sparsities={SPARSITIES}', '--seeds=1',
@@ -383,6 +398,7 @@ def test_cli_import_of_a_folder_without_results_is_one_error_line_and_leaves_no_
   assert not (tmp_path / 'sweep').exists()  # a refused import leaves no empty workdir behind
 
 
+@pytest.mark.slow
 def test_a_row_is_imported_with_its_recorded_config_even_one_written_before_a_field_was_added(finished, tmp_path):
   """A later version adds config fields (bytes change, hash changes); the folder's own config.json proves the row."""
   workdir, _ = finished

@@ -38,6 +38,7 @@ LINEAR_PLAN = groups.ChannelPlan('linear', (
 LINEAR_SCORES = np.array([12 / 8, 24 / 8, 6 / 6, 12 / 6, 18 / 6]) / 10.5
 
 
+@pytest.mark.slow
 def test_three_sp_scores_sensitivity_per_flop_removed_by_hand_on_the_harness_path():
   criterion = registry.get_criterion('three_sp')  # what prune.py calls, through score_channels
   scores = channel_scores.score_channels(criterion, LINEAR_PLAN, PARAMS, BATCHES, loss_fn=linear_loss)
@@ -69,6 +70,7 @@ def test_three_sp_per_weight_divides_by_the_two_flops_of_each_multiply_add():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), scores, snip)  # one position: F = 2 each
 
 
+@pytest.mark.slow
 def test_score_channels_costs_the_channels_itself_when_the_criterion_takes_channel_costs():
   model = get_model('resnet20', 3, width=2)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
@@ -83,6 +85,7 @@ def test_score_channels_costs_the_channels_itself_when_the_criterion_takes_chann
   jax.tree.map(np.testing.assert_array_equal, scores, given)
 
 
+@pytest.mark.slow
 def test_the_harness_scores_3sp_as_structured_snip_per_flop_removed(tmp_path):
   from configs import default
   config = default.get_config()
@@ -106,6 +109,7 @@ def dict_with(config, **overrides):
   return copy
 
 
+@pytest.mark.slow
 def test_three_sp_with_equal_costs_ranks_like_structured_snip():
   model = get_model('small_cnn', 3, widths=(4, 6))
   x = jax.random.normal(jax.random.key(0), (1, 5, 8, 8, 1))
@@ -164,6 +168,7 @@ def three_sp_setup(criterion):
   return config, setup, plan, mask
 
 
+@pytest.mark.slow
 def test_three_sp_reinit_starts_the_compact_network_from_its_own_initialiser():
   config, setup, plan, mask = three_sp_setup('three_sp_reinit')
   start = pruned_network.starting_variables(config, setup, mask)
@@ -172,6 +177,7 @@ def test_three_sp_reinit_starts_the_compact_network_from_its_own_initialiser():
   jax.tree.map(np.testing.assert_array_equal, groups.compact_tree(plan, mask, start), fresh)
 
 
+@pytest.mark.slow
 def test_three_sp_rescale_starts_from_the_initial_weights_scaled_for_the_lost_inputs():
   config, setup, _, mask = three_sp_setup('three_sp_rescale')
   start = pruned_network.starting_variables(config, setup, mask)
