@@ -48,7 +48,7 @@ _IMPORT = flags.DEFINE_string('import_results', None, 'A results folder of this 
                               'here (after checking each was trained with this config), so only the rest run.')
 _PARALLEL = flags.DEFINE_integer('parallel_cells', 1, 'Cells run at once, each its own process with 1/N of the '
                                   'device (GPU memory, or CPU cores); the references that prune after training run '
-                                  'after the rest, one at a time.')
+                                  'after the rest, one at a time.', lower_bound=1)
 _CACHE = flags.DEFINE_string('compilation_cache', None, 'JAX persistent compilation cache folder (default: '
                              '<workdir>/jax_cache; "" turns it off).')
 
