@@ -7,7 +7,8 @@ with ``auto`` (this CPU's default: Winograd F(2x2, 3x3) in the wide layers). Tra
 (``conv_impl=auto``, float32); only the mask differs. SNIP runs under (a) and (c), dense under (c).
 
 One sweep workdir per scoring (``<workdir>/<variant>``), each cell in its own process through ``sweep.py
---only_cell``, seed by seed, so a partial run is balanced; rerunning continues (finished cells are skipped). The
+--only_cell``: ProsPr's cells seed by seed first, then the controls', so a partial run answers the main question
+first and is balanced within each criterion; rerunning continues (finished cells are skipped). The
 report: top-1 mean ± std per scoring, the kept-weight overlap of the masks between scorings (mean over seeds, and
 its smallest layer), and per-layer density, written to ``--out`` (rows.jsonl, table.md).
 
@@ -57,22 +58,23 @@ def sweep_args(variant: str) -> list[str]:
           f'--workdir={pathlib.Path(_WORKDIR.value) / variant}', *VARIANTS[variant][0]]
 
 
-def cells(seed: int) -> list[tuple[str, str, float]]:
-  """``(variant, criterion, sparsity)`` of one seed: ProsPr under every scoring first, then the controls."""
-  order = [(v, 'prospr', s) for s in SPARSITIES for v in VARIANTS]
-  order += [(v, c, s) for v, (_, criteria) in VARIANTS.items() for c in criteria if c == 'snip' for s in SPARSITIES]
-  return order + [('float32_auto', 'dense', 0.0)]
+def cells(seeds: int) -> list[tuple[str, str, float, int]]:
+  """``(variant, criterion, sparsity, seed)``: ProsPr under every scoring seed by seed, then SNIP's controls seed by
+  seed, then dense, so a partial run answers the main question first and is balanced within each criterion."""
+  prospr = [(v, 'prospr', s, seed) for seed in range(seeds) for s in SPARSITIES for v in VARIANTS]
+  snip = [(v, 'snip', s, seed) for seed in range(seeds) for v, (_, criteria) in VARIANTS.items() if 'snip' in criteria
+          for s in SPARSITIES]
+  return prospr + snip + [('float32_auto', 'dense', 0.0, seed) for seed in range(seeds)]
 
 
 def run_cells() -> None:
   for variant in VARIANTS:  # records each sweep (its sweep.json) without running anything
     subprocess.run([sys.executable, *sweep_args(variant), '--print_commands'], cwd=ROOT, check=True,
                    capture_output=True)
-  for seed in range(_SEEDS.value):
-    for variant, criterion, sparsity in cells(seed):
-      print(f'== {variant} {criterion} {sparsity} seed {seed}', flush=True)
-      subprocess.run([sys.executable, *sweep_args(variant), f'--only_cell={criterion},{sparsity},{seed}'],
-                     cwd=ROOT, check=True)
+  for variant, criterion, sparsity, seed in cells(_SEEDS.value):
+    print(f'== {variant} {criterion} {sparsity} seed {seed}', flush=True)
+    subprocess.run([sys.executable, *sweep_args(variant), f'--only_cell={criterion},{sparsity},{seed}'],
+                   cwd=ROOT, check=True)
 
 
 def cell_dir(variant: str, criterion: str, sparsity: float, seed: int) -> pathlib.Path:

@@ -14,6 +14,7 @@ direct convolution's rounding) and ``auto:winograd4`` (auto with F(4x4, 3x3) whe
 
   python benchmarks/score_stability.py --models=lenet300_100,lenet5,resnet20,vgg16 --steps=0,3 --batch_size=32
   python benchmarks/score_stability.py --models=resnet20,vgg16 --steps=0,1,3 --convs=im2col,auto,auto:winograd4
+  python benchmarks/score_stability.py --models=resnet20 --width=8 --steps=3 --batch_size=256 --convs=lax,auto
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from prospr_jax.xla_cpu import conv_impl
 _MODELS = flags.DEFINE_list('models', ['lenet300_100', 'lenet5', 'resnet20', 'vgg16'], 'Models taking 28x28x1 images.')
 _STEPS = flags.DEFINE_list('steps', ['0', '3'], 'M values (0 = SNIP).')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Pruning batch size.')
+_WIDTH = flags.DEFINE_integer('width', None, 'The first stage\'s channels of a ResNet (e.g. 8: the numerics study\'s '
+                              'half-width ResNet-20); default: the model\'s own.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Fashion-MNIST IDX folder (default: the Debian package\'s).')
 _CONVS = flags.DEFINE_list('convs', ['auto'], 'Convolutions for the float32 meta-gradient: conv_impl names, or '
                            'auto:winograd4 (auto with F(4x4, 3x3) where it fits).')
@@ -73,13 +76,14 @@ def measure(name: str, steps: int) -> list[dict]:
   rows, g64, g64p = [], None, None
   for conv_name in _CONVS.value:
     with convolution(conv_name) as conv_fn:
-      model = get_model(name, 10, conv_general_dilated=conv_fn)
+      width = {} if _WIDTH.value is None else {'width': _WIDTH.value}
+      model = get_model(name, 10, conv_general_dilated=conv_fn, **width)
       variables = init_variables(model, (28, 28, 1), jax.random.key(0))
       g32 = meta_gradient(model, variables, images, labels, jnp.float32)
       if g64 is None:
         g64 = meta_gradient(model, variables, images, labels, jnp.float64)
         g64p = meta_gradient(model, variables, images * (1 + PERTURBATION), labels, jnp.float64)
-    rows.append({'model': name, 'steps': steps, 'batch_size': _BATCH.value, 'conv': conv_name,
+    rows.append({'model': name, 'width': _WIDTH.value, 'steps': steps, 'batch_size': _BATCH.value, 'conv': conv_name,
                  'float32_vs_float64': relative(g32, g64), 'float64_perturbed_vs_float64': relative(g64p, g64),
                  'kept_overlap_90': kept_overlap(g32, g64, 0.9), 'kept_overlap_98': kept_overlap(g32, g64, 0.98)})
     print(json.dumps(rows[-1]), flush=True)
