@@ -20,6 +20,7 @@ from configs import default  # noqa: E402
 from prospr_jax import data
 from prospr_jax.criteria import registry
 from prospr_jax.harness import entry, pruning
+from prospr_jax.harness.records import Scoring
 from prospr_jax.harness.setup import make_setup
 from prospr_jax.runtime import sharding  # noqa: E402
 
@@ -30,7 +31,7 @@ def main() -> None:
   config = default.get_config()
   config.prune.batch_size = 16
   setup = make_setup(config)
-  loss_fn = pruning.loss_fn_for(config, registry.get_criterion(config.criterion), setup.model,
+  loss_fn = pruning.loss_fn_for(Scoring.of(config), registry.get_criterion(config.criterion), setup.model,
                                 setup.variables)
   loader = data.train_loader(setup.info, setup.train_source, global_batch_size=16, seed=1)
   alive, most_alive, live_bytes = [], 0, []

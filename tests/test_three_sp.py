@@ -13,6 +13,7 @@ from prospr_jax import initialization
 from prospr_jax.channels import groups, scores as channel_scores
 from prospr_jax.criteria import registry, scores as scores_lib, structured
 from prospr_jax.harness import pruned_network, pruning, seeds
+from prospr_jax.harness.records import PruneSpec, Scoring
 from prospr_jax.harness.setup import make_setup
 from prospr_jax.models import get_model, init_variables, plans
 
@@ -92,8 +93,8 @@ def test_the_harness_scores_3sp_as_structured_snip_per_flop_removed(tmp_path):
   config.criterion = 'three_sp'
   config.prune.update(structured=True, num_steps=0, batch_size=16)
   setup = make_setup(config)
-  score = lambda name: pruning.compute_scores(dict_with(config, criterion=name), setup.model, setup.variables,
-                                              setup.info, setup.train_source, setup.mesh)
+  score = lambda name: pruning.compute_scores(Scoring.of(dict_with(config, criterion=name)), PruneSpec.of(config),
+                                              setup.model, setup.variables, setup.info, setup.train_source, setup.mesh)
   three_sp, snip = score('three_sp'), score('snip')
   # small_cnn on 8x8x1: conv 3x3 1->32 (8x8 out), conv 3x3/2 32->64 (4x4 out), global pool, dense 64->10
   flops = {'Conv_0/kernel': 2 * 64 * 9 * 1 + 2 * 16 * 9 * 64, 'Conv_1/kernel': 2 * 16 * 9 * 32 + 2 * 1 * 10}

@@ -24,7 +24,7 @@ from prospr_jax import ablations, data, distributions, files, losses, mask_files
 from prospr_jax.channels import scores as channel_scores, target as structured_target
 from prospr_jax.criteria import prospr as prospr_lib, registry
 from prospr_jax.harness import plots, reports, seeds
-from prospr_jax.harness.records import PruneSpec
+from prospr_jax.harness.records import PruneSpec, Scoring
 from prospr_jax.models import flops, plans
 from prospr_jax.runtime import determinism, faults, sharding
 from prospr_jax.sparsity import SparsityReport, percent
@@ -47,33 +47,33 @@ def threshold(spec: PruneSpec, model, params: ArrayTree, scores: ArrayTree) -> A
   return distributed_mask_fn(spec)(scores, spec.sparsity)
 
 
-def criterion_kwargs(config: ml_collections.ConfigDict, criterion: registry.Criterion, model=None,
+def criterion_kwargs(scoring: Scoring, spec: PruneSpec, criterion: registry.Criterion, model=None,
                      variables: ArrayTree = None) -> dict[str, Any]:
-  """The keyword arguments of ``criterion`` (``config.criterion``'s registry entry; the model, for SynFlow)."""
-  kwargs: dict[str, Any] = {'invert': config.ablation == 'invert', 'precision': config.prune.precision}
-  if not config.prune.structured:  # structured scoring passes its own (channel_scores.score_channels)
+  """The keyword arguments of ``criterion`` (``scoring.criterion``'s registry entry; the model, for SynFlow)."""
+  kwargs: dict[str, Any] = {'invert': scoring.invert, 'precision': scoring.precision}
+  if not scoring.structured:  # structured scoring passes its own (channel_scores.score_channels)
     kwargs['structured'] = False
-  kwargs.update({key: config.prune[key] for key in criterion.settings})
+  kwargs.update({key: scoring.settings[key] for key in criterion.settings})
   if criterion.seeded:
-    kwargs['rng'] = seeds.random_criterion(config.seed)
+    kwargs['rng'] = seeds.random_criterion(scoring.seed)
   if criterion.prunes_in_rounds:
-    kwargs.update(sparsity=config.prune.sparsity, rounds=config.prune.rounds or criterion.default_rounds,
-                  mask_fn=distributed_mask_fn(PruneSpec.of(config)))
+    kwargs.update(sparsity=spec.sparsity, rounds=scoring.settings['rounds'] or criterion.default_rounds,
+                  mask_fn=distributed_mask_fn(spec))
   if criterion.needs_apply_fn and model is not None:
     kwargs['apply_fn'] = losses.flax_apply_fn(model, variables, absolute_state=True)
   return kwargs
 
 
 def scoring_model(conv_impl: str, model):
-  """``model`` with the scoring's convolution (``config.prune.conv_impl``; '': the training one)."""
+  """``model`` with the scoring's convolution (``Scoring.conv_impl``; '': the training one)."""
   return models.with_conv_impl(model, conv_impl) if conv_impl else model
 
 
-def loss_fn_for(config: ml_collections.ConfigDict, criterion: registry.Criterion, model, variables: ArrayTree):
+def loss_fn_for(scoring: Scoring, criterion: registry.Criterion, model, variables: ArrayTree):
   """Train-mode cross-entropy, divided by the criterion's temperature setting if it has one (GraSP)."""
   setting = criterion.temperature_setting
-  return losses.flax_loss_fn(model, variables, temperature=config.prune[setting] if setting else 1.0,
-                             rngs={'dropout': seeds.prune_dropout(config.seed)})
+  return losses.flax_loss_fn(model, variables, temperature=scoring.settings[setting] if setting else 1.0,
+                             rngs={'dropout': seeds.prune_dropout(scoring.seed)})
 
 
 def _global_batches(loader_iterator: Iterator[dict], mesh: Mesh) -> Iterator[dict]:
@@ -98,33 +98,33 @@ def _stacked_global_batches(loader_iterator: Iterator[dict], count: int, mesh: M
   return {key: jax.make_array_from_process_local_data(spec, value) for key, value in stacked.items()}
 
 
-def compute_scores(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo,
+def compute_scores(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTree, info: data.DatasetInfo,
                    source, mesh: Mesh, input_scale: float = 1.0) -> ArrayTree:
-  """Scores of ``config.criterion`` on M + 1 training batches (a stream for streamed first-order ProsPr).
+  """Scores of ``scoring.criterion`` on M + 1 training batches (a stream for streamed first-order ProsPr).
 
   Structured: channel scores ``{group name: (channels,)}`` over the model's channel plan, tied channels scored
   as one (``channel_scores.score_channels``).
   """
-  criterion = registry.get_criterion(config.criterion)
-  model = scoring_model(config.prune.conv_impl, model)
-  loss_fn = loss_fn_for(config, criterion, model, variables)
-  loader = data.train_loader(info, source, global_batch_size=config.prune.batch_size,
-                             seed=seeds.prune_data(config.seed), worker_count=config.worker_count)
+  criterion = registry.get_criterion(scoring.criterion)
+  model = scoring_model(scoring.conv_impl, model)
+  loss_fn = loss_fn_for(scoring, criterion, model, variables)
+  loader = data.train_loader(info, source, global_batch_size=scoring.batch_size,
+                             seed=seeds.prune_data(scoring.seed), worker_count=scoring.worker_count)
   batches = iter(loader)
   params = sharding.replicate(variables['params'], mesh)
-  score = _scorer(config.prune.structured, model, variables, params, info.input_shape)
-  if config.prune.streamed:  # validate_config allows it only for first-order ProsPr
+  score = _scorer(scoring.structured, model, variables, params, info.input_shape)
+  if scoring.streamed:  # validate_config allows it only for first-order ProsPr
     scores = score(prospr_lib.prospr_saliency_streamed, _global_batches(batches, mesh), loss_fn=loss_fn,
-                   num_steps=config.prune.num_steps, inner_lr=config.prune.inner_lr,
-                   inner_momentum=config.prune.inner_momentum, log_every=max(1, config.prune.num_steps // 10),
-                   precision=config.prune.precision)
-    return ablations.invert_scores(scores) if config.ablation == 'invert' else scores
+                   num_steps=scoring.num_steps, inner_lr=scoring.settings['inner_lr'],
+                   inner_momentum=scoring.settings['inner_momentum'], log_every=max(1, scoring.num_steps // 10),
+                   precision=scoring.precision)
+    return ablations.invert_scores(scores) if scoring.invert else scores
   # Data-free criteria read one batch, for the input shape and the output layer.
-  count = config.prune.num_steps + 1 if criterion.needs_data else 1
+  count = scoring.num_steps + 1 if criterion.needs_data else 1
   stacked = _stacked_global_batches(batches, count, mesh)
   if input_scale != 1.0:  # the stability check's nudged inputs
     stacked = {**stacked, 'image': stacked['image'] * input_scale}
-  kwargs = criterion_kwargs(config, criterion, model, variables)
+  kwargs = criterion_kwargs(scoring, spec, criterion, model, variables)
   if criterion.batches_per_round:  # round r >= 1 reads the next ``count`` batches of the same stream
     kwargs['round_batches'] = lambda r: _stacked_global_batches(batches, count, mesh)
   return score(criterion, stacked, loss_fn=loss_fn, **kwargs)  # 3SP: score_channels costs the channels
@@ -149,35 +149,34 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   Writes ``mask.npz``, ``scores.npz``, the sparsity report (JSON, text), a density plot and ``pruning.json``.
   """
   start = time.perf_counter()
-  log.info('Scoring with %s (%s), distribution %s, ablation %s, on %d batches of %d', config.criterion,
-           {k: v for k, v in criterion_kwargs(config, registry.get_criterion(config.criterion)).items()
-            if k != 'mask_fn'}, config.distribution,
-           config.ablation, config.prune.num_steps + 1, config.prune.batch_size)
+  scoring, spec = Scoring.of(config), PruneSpec.of(config)
+  log.info('Scoring with %s (%s), distribution %s, ablation %s, on %d batches of %d', scoring.criterion,
+           {k: v for k, v in criterion_kwargs(scoring, spec, registry.get_criterion(scoring.criterion)).items()
+            if k != 'mask_fn'}, spec.distribution, spec.ablation, scoring.num_steps + 1, scoring.batch_size)
   # Scores of the global batch are replicated: every process thresholds the same values on its own.
-  scores = sharding.host_value(compute_scores(config, model, variables, info, source, mesh))
+  scores = sharding.host_value(compute_scores(scoring, spec, model, variables, info, source, mesh))
   faults.point('scoring')
-  masks = threshold(PruneSpec.of(config), model, variables['params'], scores)
-  if config.ablation == 'shuffle':
-    masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(config.seed))
+  masks = threshold(spec, model, variables['params'], scores)
+  if spec.ablation == 'shuffle':
+    masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(scoring.seed))
   sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
   seconds = time.perf_counter() - start
-  report, weights = reports.mask_reports(model, variables['params'], masks, config.prune.structured)
+  report, weights = reports.mask_reports(model, variables['params'], masks, spec.structured)
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
-  checked = check_stability(config, model, variables, info, source, mesh, masks) if config.prune.check_stability \
-      else None
+  checked = check_stability(scoring, spec, model, variables, info, source, mesh, masks) \
+      if scoring.settings['check_stability'] else None
   if jax.process_index() == 0:
     write_mask_artifacts(workdir, masks, report, config, seconds, scores, weights, checked)
   return masks
 
 
-def check_stability(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: data.DatasetInfo, source,
+def check_stability(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTree, info: data.DatasetInfo, source,
                     mesh: Mesh, masks: ArrayTree) -> dict[str, Any]:
   """The mask scored a second time, more exactly (``stability.second_scoring``), and the kept entries both share."""
-  second = stability.second_scoring(config.prune.precision, jax.default_backend())
-  other = config.copy_and_resolve_references()
-  other.prune.precision = second.precision
-  scores = sharding.host_value(compute_scores(other, model, variables, info, source, mesh, second.input_scale))
-  again = threshold(PruneSpec.of(other), model, variables['params'], scores)
+  second = stability.second_scoring(scoring.precision, jax.default_backend())
+  scores = sharding.host_value(compute_scores(scoring.replace(precision=second.precision), spec, model, variables,
+                                              info, source, mesh, second.input_scale))
+  again = threshold(spec, model, variables['params'], scores)
   overlap = {'against': second.label, **stability.kept_overlap(masks, again)}
   if overlap['total'] < stability.WARN_BELOW:
     log.warning('The mask is not determined by the arithmetic: scored again (%s), it keeps only %.1f%% of the same '

@@ -1,4 +1,4 @@
-"""The config resolved once into small frozen records: what to prune, how to train, how to run.
+"""The config resolved once into small frozen records: what to prune, how to score it, how to train, how to run.
 
 A driver (``experiment``, the sweep's references) resolves a validated
 ``ConfigDict`` at its start; the functions below it take the record, or the
@@ -8,6 +8,9 @@ one field, they read.
 from __future__ import annotations
 
 import dataclasses
+import types
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -39,6 +42,33 @@ class PruneSpec:
   def target(self) -> str:
     """What the sparsity counts: ``weights``, or with a channel mask ``channels`` (or the kept channels' weights)."""
     return self.structured_target if self.structured else 'weights'
+
+
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+  """How a mask is scored: the criterion with its ``config.prune`` settings (each criterion reads its own keys,
+  ``criteria/registry.py``), the batches it reads, and the arithmetic it runs in."""
+  criterion: str
+  settings: Mapping[str, Any]  # config.prune, read-only
+  invert: bool  # config.ablation == 'invert': the scores are negated before the top-k
+  seed: int
+  worker_count: int
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict) -> Scoring:
+    return cls(config.criterion, types.MappingProxyType(config.prune.to_dict()), config.ablation == 'invert',
+               config.seed, config.worker_count)
+
+  def replace(self, **settings: Any) -> Scoring:
+    """The same scoring with some of its ``config.prune`` settings changed (e.g. a more exact ``precision``)."""
+    return dataclasses.replace(self, settings=types.MappingProxyType({**self.settings, **settings}))
+
+  num_steps = property(lambda self: self.settings['num_steps'], doc='M, the inner steps (M + 1 batches)')
+  batch_size = property(lambda self: self.settings['batch_size'], doc='the batch of each pruning batch')
+  precision = property(lambda self: self.settings['precision'], doc='float32, float64 or highest')
+  conv_impl = property(lambda self: self.settings['conv_impl'], doc="the scoring's convolution ('': the training one)")
+  structured = property(lambda self: self.settings['structured'], doc='one score per channel')
+  streamed = property(lambda self: self.settings['streamed'], doc='first-order ProsPr over a stream of batches')
 
 
 @dataclasses.dataclass(frozen=True)
