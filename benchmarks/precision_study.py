@@ -122,6 +122,24 @@ def mean_std(values: list[float]) -> str:
   return f'{statistics.fmean(values):.2f}{spread} (n={len(values)})'
 
 
+def density_table(rows: list[dict], sparsity: float) -> list[str]:
+  """Per layer, the fraction of its weights each scoring's mask keeps at ``sparsity`` (mean over seeds)."""
+  columns = [(v, c) for c in ('prospr', 'snip') for v, (_, criteria) in VARIANTS.items() if c in criteria]
+  found = {col: [r['layer_density'] for r in rows if (r['variant'], r['criterion']) == col and
+                 r['sparsity'] == sparsity and r.get('layer_density')] for col in columns}
+  columns = [col for col in columns if found[col]]
+  if not columns:
+    return []
+  layers = sorted(found[columns[0]][0], key=lambda name: name.startswith('Dense'))  # the classifier last
+  lines = [f'Per-layer density at {100 * sparsity:.0f}% sparsity (kept fraction of each layer\'s weights, mean over '
+           'seeds):', '', '| layer | ' + ' | '.join(f'{c} {v}' for v, c in columns) + ' |',
+           '|---|' + '---|' * len(columns)]
+  for layer in layers:
+    lines.append(f'| {layer} | ' + ' | '.join(f'{100 * statistics.fmean(d[layer] for d in found[col]):.1f}%'
+                                              for col in columns) + ' |')
+  return lines
+
+
 def report() -> None:
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +171,7 @@ def report() -> None:
                    f'({100 * min(f["smallest_layer"] for f in found):.0f}%)')
     lines.append(f'| {criterion} | {100 * sparsity:.1f}% | ' + ' | '.join(cells_) + ' | ' + ' | '.join(pairs) + ' |')
   dense = [top1(r) for r in rows if r['criterion'] == 'dense']
-  lines += ['', f'Dense: {mean_std(dense)}.']
+  lines += ['', f'Dense: {mean_std(dense)}.', '', *density_table(rows, SPARSITIES[0])]
   (out / 'table.md').write_text('\n'.join(lines) + '\n')
   print('\n'.join(lines))
 
