@@ -36,6 +36,19 @@ def second_scoring(precision: str, backend: str) -> SecondScoring:
   return SecondScoring(precision, 1.0 + PERTURBATION, f'{precision}, inputs x (1 + {PERTURBATION:g})')
 
 
+def warning(second: SecondScoring, total: float) -> str | None:
+  """One line when the second scoring keeps under ``WARN_BELOW`` of the mask's entries: what moved the mask (the
+  arithmetic, or the inputs' sixth digit) and what a user can do about it; ``None`` otherwise."""
+  if total >= WARN_BELOW:
+    return None
+  shared = f'scored again ({second.label}), it keeps only {100 * total:.1f}% of the same entries'
+  if second.input_scale == 1.0:
+    return (f'The mask is not determined by the arithmetic: {shared}. Score with config.prune.precision='
+            f'{second.precision} for a reproducible mask (docs/numerics.md)')
+  return (f'The mask is not determined by the inputs to their sixth digit: {shared}; no precision pins it, and '
+          'a reproducible mask needs the same batches and arithmetic (docs/numerics.md)')
+
+
 def kept_overlap(masks: ArrayTree, other: ArrayTree) -> dict[str, object]:
   """``{'total': shared / kept, 'layers': {name: shared / kept}}``: of the entries ``masks`` keeps, the fraction
   ``other`` keeps too (1.0 for a layer that keeps nothing)."""

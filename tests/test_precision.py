@@ -96,6 +96,17 @@ def test_the_stability_check_scores_again_more_exactly_or_on_nudged_inputs():
 
 
 @pytest.mark.slow
+def test_the_stability_warning_names_what_moved_the_mask_and_only_a_fix_that_helps():
+  assert stability.warning(stability.second_scoring('float32', 'cpu'), 0.95) is None
+  arithmetic = stability.warning(stability.second_scoring('float32', 'cpu'), 0.6)
+  assert 'not determined by the arithmetic' in arithmetic and '60.0%' in arithmetic
+  assert 'config.prune.precision=float64' in arithmetic
+  on_tpu = stability.warning(stability.second_scoring('float32', 'tpu'), 0.6)
+  assert 'config.prune.precision=highest' in on_tpu
+  inputs = stability.warning(stability.second_scoring('float64', 'cpu'), 0.88)
+  assert 'sixth digit' in inputs and 'precision=' not in inputs  # already the most exact: no precision to name
+
+
 def test_a_run_records_its_precision_and_the_stability_of_its_mask(tmp_path):
   from configs import default
   config = default.get_config()

@@ -178,10 +178,8 @@ def check_stability(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTr
                                               info, source, mesh, second.input_scale))
   again = threshold(spec, model, variables['params'], scores)
   overlap = {'against': second.label, **stability.kept_overlap(masks, again)}
-  if overlap['total'] < stability.WARN_BELOW:
-    log.warning('The mask is not determined by the arithmetic: scored again (%s), it keeps only %.1f%% of the same '
-                'entries. Score with config.prune.precision=float64 (CPU) for a reproducible mask (docs/numerics.md)',
-                second.label, 100 * overlap['total'])
+  if (message := stability.warning(second, overlap['total'])) is not None:
+    log.warning(message)
   else:
     log.info('Stability: scored again (%s), %.2f%% of the kept entries are the same', second.label,
              100 * overlap['total'])
