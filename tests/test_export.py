@@ -20,9 +20,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 5)  # the batch dimension is symbolic: one file serves both
 
 
+def tiny_config(structured: bool, **prune):
+  """One epoch of the offline default (small CNN, digits) pruned by SNIP."""
+  from configs import default
+  config = default.get_config()
+  config.criterion, config.num_epochs, config.lr_milestones, config.compare_dense = 'snip', 1, (), False
+  config.prune.update(num_steps=1, batch_size=16, structured=structured, sparsity=0.5 if structured else 0.9,
+                      **prune)
+  return config
+
+
 def tiny_run(tmp_path_factory, name: str, structured: bool) -> pathlib.Path:
   """A one-epoch snip run on digits, made once per session: pytest-xdist's workers share it (a file lock)."""
-  from configs import default
   root = tmp_path_factory.getbasetemp()
   root = (root.parent if os.environ.get('PYTEST_XDIST_WORKER') else root) / 'export_runs'
   root.mkdir(exist_ok=True)
@@ -30,10 +39,7 @@ def tiny_run(tmp_path_factory, name: str, structured: bool) -> pathlib.Path:
   with open(root / f'{name}.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (workdir / experiment.RESULTS_FILE).exists():
-      config = default.get_config()
-      config.criterion, config.num_epochs, config.lr_milestones, config.compare_dense = 'snip', 1, (), False
-      config.prune.update(num_steps=1, batch_size=16, structured=structured, sparsity=0.5 if structured else 0.9)
-      experiment.prune_and_train(config, workdir)
+      experiment.prune_and_train(tiny_config(structured), workdir)
   return workdir
 
 
@@ -133,6 +139,42 @@ def test_the_initial_weights_export_too(unstructured_run, tmp_path):
   x = images(initial, 3)
   np.testing.assert_allclose(prospr_jax.load_exported(tmp_path / 'model.stablehlo')(x), initial.apply(x), atol=1e-6)
   assert not report['trained']
+
+
+def assert_exported_logits_match(workdir, output):
+  """The StableHLO export of ``workdir`` gives its network's logits, and export.json says so."""
+  report = prospr_jax.export(workdir, output, formats=['stablehlo'])
+  network = deployed_network.load_network(workdir)
+  call = prospr_jax.load_exported(output / 'model.stablehlo')
+  for size in BATCH_SIZES:
+    x = images(network, size)
+    np.testing.assert_allclose(np.asarray(call(x)), np.asarray(network.apply(x)), rtol=0, atol=1e-6)
+  assert report['files']['stablehlo']['max_abs_difference'] <= 1e-6
+  return network
+
+
+@pytest.mark.slow
+def test_a_train_py_run_with_a_saved_mask_exports_its_masked_network(unstructured_run, tmp_path):
+  config = tiny_config(structured=False)
+  config.mask_path = str(unstructured_run / 'mask.npz')
+  experiment.train_and_evaluate(config, tmp_path / 'train')
+  network = assert_exported_logits_match(tmp_path / 'train', tmp_path / 'export')
+  saved = mask_files.load_masks(unstructured_run / 'mask.npz', network.variables['params'])
+  assert network.kind == 'masked'
+  for name, kept in masks.named_leaves(saved):
+    assert np.array_equal(dict(masks.named_leaves(network.mask))[name], np.asarray(kept, bool))
+    assert np.all(dict(masks.named_leaves(network.variables['params']))[name][~np.asarray(kept, bool)] == 0)
+
+
+@pytest.mark.slow
+def test_a_structured_run_that_did_not_compact_exports_the_masked_full_width_network(tmp_path):
+  experiment.prune_and_train(tiny_config(structured=True, compact=False), tmp_path / 'run')
+  network = assert_exported_logits_match(tmp_path / 'run', tmp_path / 'export')
+  kernel, kept = network.variables['params']['Conv_0']['kernel'], network.mask['Conv_0']['kernel']
+  assert network.kind == 'masked' and kernel.shape == kept.shape
+  channels = kept.reshape(-1, kept.shape[-1])
+  assert np.all(channels.all(axis=0) | ~channels.any(axis=0))  # a channel is kept whole or pruned whole
+  assert not channels.all() and np.all(kernel[..., ~channels.any(axis=0)] == 0)
 
 
 def test_a_workdir_without_a_finished_run_is_refused_in_one_line(tmp_path):
