@@ -58,5 +58,7 @@ def _cast(x: Any, dtype: Any) -> Any:
 def cast(tree: ArrayTree, precision: str = 'float32') -> ArrayTree:
   """Floating leaves in the precision's dtype: float64 for ``'float64'`` (inside ``scoring``), else at least
   float32 (bfloat16 and float16 upcast, float32 and float64 as they are). Other leaves unchanged."""
+  if isinstance(tree, Iterator):  # a stream of batches (prospr_saliency_streamed): cast as read
+    return (cast(batch, precision) for batch in tree)
   dtype = jnp.float64 if precision == 'float64' else None
   return jax.tree.map(lambda x: _cast(x, dtype), tree)

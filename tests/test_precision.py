@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,27 @@ def test_bfloat16_parameters_score_and_mask_as_their_float32_upcast():
   jax.tree.map(np.testing.assert_array_equal, low, upcast)
   jax.tree.map(np.testing.assert_array_equal, prospr_jax.global_topk_mask(low, 0.9),
                prospr_jax.global_topk_mask(upcast, 0.9))
+
+
+def test_a_stream_of_batches_is_cast_as_it_is_read_and_scores_like_the_stacked_batches():
+  ref = load_oracle('prospr_full_m3_mom0')
+  params, batches = to(jnp.float32, oracle_params(ref)), to(jnp.float32, oracle_batches(ref))
+  read = []
+
+  def stream():
+    for i in range(batches[0].shape[0]):
+      read.append(i)
+      yield jax.tree.map(lambda b: b[i], batches)
+
+  kwargs = dict(loss_fn=oracle_loss, inner_lr=float(ref['lr']), precision='float64')
+  with jax.enable_x64(False), warnings.catch_warnings():
+    warnings.simplefilter('error')  # JAX deprecates a generator as a pytree leaf
+    lazy = stream()
+    streamed = prospr_jax.prospr_saliency_streamed(params, lazy, **kwargs)
+    assert read == list(range(batches[0].shape[0]))  # read by the criterion, not up front
+    stacked = prospr_jax.prospr_saliency(params, batches, first_order=True, **kwargs)
+  for layer in ORACLE_LAYERS:
+    np.testing.assert_allclose(streamed[layer]['kernel'], stacked[layer]['kernel'], rtol=1e-12)
 
 
 def test_float64_scores_are_ranked_in_float64_even_outside_x64():
