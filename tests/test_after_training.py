@@ -175,6 +175,9 @@ def test_the_sweep_tabulates_and_plots_the_references_apart_from_the_at_init_cri
     assert row['cell'] == f'cells/{name}/sparsity_0.900/seed_0' and 0 <= row['top1'] <= 1
     assert row['pruning_seconds'] > 0 and row['training_seconds'] > 0
     assert row['weight_sparsity'] == pytest.approx(SPARSITY, abs=1e-3)
+    assert 'precision' not in row and 'scoring_conv' not in row  # nothing was scored at initialisation
+    record = json.loads((workdir / row['cell'] / 'pruning.json').read_text())
+    assert record['computed_from'] == 'the trained weights' and 'prune' not in record
   markdown = (workdir / 'table.md').read_text()
   assert '| magnitude_after_training | ' in markdown and '| lottery_rewind_one_shot | ' in markdown
   assert ('Pruned after training (references: magnitude pruning of the trained dense network of each seed, not at '

@@ -15,7 +15,9 @@ from test_oracle import RTOL, assert_close_relative
 
 import prospr_jax
 from prospr_jax import precision, stability
-from prospr_jax.harness import experiment, validation
+from prospr_jax.harness import experiment, pruning, validation
+from prospr_jax.harness.records import PruneSpec, Scoring
+from prospr_jax.harness.setup import make_setup
 from prospr_jax.runtime import determinism
 
 to = lambda dtype, tree: jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
@@ -71,9 +73,12 @@ def test_a_stream_of_batches_is_cast_as_it_is_read_and_scores_like_the_stacked_b
   kwargs = dict(loss_fn=oracle_loss, inner_lr=float(ref['lr']), precision='float64')
   with jax.enable_x64(False), warnings.catch_warnings():
     warnings.simplefilter('error')  # JAX deprecates a generator as a pytree leaf
-    lazy = stream()
-    streamed = prospr_jax.prospr_saliency_streamed(params, lazy, **kwargs)
-    assert read == list(range(batches[0].shape[0]))  # read by the criterion, not up front
+    with precision.scoring('float64'):
+      cast = precision.cast(stream(), 'float64')
+      assert read == []  # nothing read up front
+      assert jax.tree.leaves(next(cast))[0].dtype == jnp.float64 and read == [0]
+    read.clear()
+    streamed = prospr_jax.prospr_saliency_streamed(params, stream(), **kwargs)
     stacked = prospr_jax.prospr_saliency(params, batches, first_order=True, **kwargs)
   for layer in ORACLE_LAYERS:
     np.testing.assert_allclose(streamed[layer]['kernel'], stacked[layer]['kernel'], rtol=1e-12)
@@ -117,7 +122,32 @@ def test_the_stability_check_scores_again_more_exactly_or_on_nudged_inputs():
   assert stability.kept_overlap(masks, other) == {'total': 2 / 3, 'layers': {'a': 0.5, 'b': 1.0}}
 
 
-@pytest.mark.slow
+def test_the_stability_checks_nudged_inputs_reach_a_streamed_scoring_as_a_stacked_one():
+  from configs import default
+  config = default.get_config()
+  config.prune.update(first_order=True, batch_size=16)
+  setup = make_setup(config)
+
+  def scores(streamed: bool, input_scale: float):
+    config.prune.streamed = streamed
+    return pruning.compute_scores(Scoring.of(config), PruneSpec.of(config), setup.model, setup.variables,
+                                  setup.info, setup.train_source, setup.mesh, input_scale)
+
+  stacked, streamed = scores(False, 1.5), scores(True, 1.5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12), streamed, stacked)
+  plain = scores(True, 1.0)
+  assert not all(jax.tree.leaves(jax.tree.map(np.allclose, plain, streamed)))  # the nudge changed the scores
+
+
+def test_a_scorings_settings_change_only_by_their_names():
+  from configs import default
+  scoring = Scoring.of(default.get_config())
+  assert scoring.with_settings(precision='float64').precision == 'float64' and scoring.precision == 'float32'
+  assert hash(scoring) == hash(Scoring.of(default.get_config()))
+  with pytest.raises(KeyError, match='precison not among the config.prune settings'):
+    scoring.with_settings(precison='float64')
+
+
 def test_the_stability_warning_names_what_moved_the_mask_and_only_a_fix_that_helps():
   assert stability.warning(stability.second_scoring('float32', 'cpu'), 0.95) is None
   arithmetic = stability.warning(stability.second_scoring('float32', 'cpu'), 0.6)
@@ -129,6 +159,7 @@ def test_the_stability_warning_names_what_moved_the_mask_and_only_a_fix_that_hel
   assert 'sixth digit' in inputs and 'precision=' not in inputs  # already the most exact: no precision to name
 
 
+@pytest.mark.slow
 def test_a_run_records_its_precision_and_the_stability_of_its_mask(tmp_path):
   from configs import default
   config = default.get_config()

@@ -51,7 +51,7 @@ def criterion_kwargs(scoring: Scoring, spec: PruneSpec, criterion: registry.Crit
                      variables: ArrayTree = None) -> dict[str, Any]:
   """The keyword arguments of ``criterion`` (``scoring.criterion``'s registry entry; the model, for SynFlow)."""
   kwargs: dict[str, Any] = {'invert': scoring.invert, 'precision': scoring.precision}
-  if not scoring.structured:  # structured scoring passes its own (channel_scores.score_channels)
+  if not spec.structured:  # structured scoring passes its own (channel_scores.score_channels)
     kwargs['structured'] = False
   kwargs.update({key: scoring.settings[key] for key in criterion.settings})
   if criterion.seeded:
@@ -74,6 +74,12 @@ def loss_fn_for(scoring: Scoring, criterion: registry.Criterion, model, variable
   setting = criterion.temperature_setting
   return losses.flax_loss_fn(model, variables, temperature=scoring.settings[setting] if setting else 1.0,
                              rngs={'dropout': seeds.prune_dropout(scoring.seed)})
+
+
+def _scaled_inputs(loader_iterator: Iterator[dict], scale: float) -> Iterator[dict]:
+  """The loader's batches with their images times ``scale`` (the stability check's nudged inputs)."""
+  for batch in loader_iterator:
+    yield {**batch, 'image': batch['image'] * scale} if scale != 1.0 else batch
 
 
 def _global_batches(loader_iterator: Iterator[dict], mesh: Mesh) -> Iterator[dict]:
@@ -110,9 +116,9 @@ def compute_scores(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTre
   loss_fn = loss_fn_for(scoring, criterion, model, variables)
   loader = data.train_loader(info, source, global_batch_size=scoring.batch_size,
                              seed=seeds.prune_data(scoring.seed), worker_count=scoring.worker_count)
-  batches = iter(loader)
+  batches = _scaled_inputs(iter(loader), input_scale)  # every batch read: streamed, stacked, later rounds'
   params = sharding.replicate(variables['params'], mesh)
-  score = _scorer(scoring.structured, model, variables, params, info.input_shape)
+  score = _scorer(spec.structured, model, variables, params, info.input_shape)
   if scoring.streamed:  # validate_config allows it only for first-order ProsPr
     scores = score(prospr_lib.prospr_saliency_streamed, _global_batches(batches, mesh), loss_fn=loss_fn,
                    num_steps=scoring.num_steps, inner_lr=scoring.settings['inner_lr'],
@@ -122,8 +128,6 @@ def compute_scores(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTre
   # Data-free criteria read one batch, for the input shape and the output layer.
   count = scoring.num_steps + 1 if criterion.needs_data else 1
   stacked = _stacked_global_batches(batches, count, mesh)
-  if input_scale != 1.0:  # the stability check's nudged inputs
-    stacked = {**stacked, 'image': stacked['image'] * input_scale}
   kwargs = criterion_kwargs(scoring, spec, criterion, model, variables)
   if criterion.batches_per_round:  # round r >= 1 reads the next ``count`` batches of the same stream
     kwargs['round_batches'] = lambda r: _stacked_global_batches(batches, count, mesh)
@@ -166,7 +170,8 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   checked = check_stability(scoring, spec, model, variables, info, source, mesh, masks) \
       if scoring.settings['check_stability'] else None
   if jax.process_index() == 0:
-    write_mask_artifacts(workdir, masks, report, config, seconds, scores, weights, checked)
+    write_mask_artifacts(workdir, masks, report, spec, f'{config.model} / {config.dataset}', seconds, scores,
+                         weights, scoring, checked)
   return masks
 
 
@@ -174,7 +179,7 @@ def check_stability(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTr
                     mesh: Mesh, masks: ArrayTree) -> dict[str, Any]:
   """The mask scored a second time, more exactly (``stability.second_scoring``), and the kept entries both share."""
   second = stability.second_scoring(scoring.precision, jax.default_backend())
-  scores = sharding.host_value(compute_scores(scoring.replace(precision=second.precision), spec, model, variables,
+  scores = sharding.host_value(compute_scores(scoring.with_settings(precision=second.precision), spec, model, variables,
                                               info, source, mesh, second.input_scale))
   again = threshold(spec, model, variables['params'], scores)
   overlap = {'against': second.label, **stability.kept_overlap(masks, again)}
@@ -196,30 +201,32 @@ def mask_checksum(masks: ArrayTree) -> np.ndarray:
   return np.asarray(rows, np.int64)
 
 
-def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: SparsityReport,
-                         config: ml_collections.ConfigDict, seconds: float, scores: ArrayTree,
-                         weights: SparsityReport | None = None, checked: dict[str, Any] | None = None) -> None:
+def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: SparsityReport, spec: PruneSpec,
+                         title: str, seconds: float, scores: ArrayTree, weights: SparsityReport | None = None,
+                         scoring: Scoring | None = None, checked: dict[str, Any] | None = None) -> None:
   """The pruning step's files; ``mask.npz`` last, so a workdir holding it holds all of them.
 
-  Structured: the report counts channels, and its ``weights`` the kernel entries those channels own.
+  ``pruning.json`` records how the mask was computed: ``scoring``'s settings, or, for a mask of the trained
+  weights (``scoring=None``), that it was not scored at initialisation. Structured: the report counts channels,
+  and its ``weights`` the kernel entries those channels own.
   """
   mask_files.save_masks(workdir / 'scores.npz', scores)
-  choice = {'criterion': config.criterion, 'distribution': config.distribution, 'ablation': config.ablation,
-            'sparsity': config.prune.sparsity, 'structured': config.prune.structured}
-  if config.prune.structured:
-    choice['structured_target'] = config.prune.structured_target
+  choice = {'criterion': spec.criterion, 'distribution': spec.distribution, 'ablation': spec.ablation,
+            'sparsity': spec.sparsity, 'structured': spec.structured}
+  if spec.structured:
+    choice['structured_target'] = spec.structured_target
   extra = {}
   if weights is not None and weights is not report:
     extra['weights'] = {k: v for k, v in weights.to_dict().items() if k != 'layers'}
   report.save_json(workdir / 'sparsity_report.json', **choice, **extra)
   header = ', '.join(f'{key} {value}' for key, value in choice.items())
   files.write_text(workdir / 'sparsity_report.txt', f'{header}\n{report}\n')
-  unit = 'channels' if config.prune.structured else 'weights'  # what the report counts: the mask's entries
+  unit = 'channels' if spec.structured else 'weights'  # what the report counts: the mask's entries
   plots.plot_layer_density(report, workdir / 'layer_density.png', unit=unit,
-                           title=f'{config.model} / {config.dataset}: {config.criterion} at sparsity '
-                                 f'{percent(config.prune.sparsity)}')
+                           title=f'{title}: {spec.criterion} at sparsity {percent(spec.sparsity)}')
+  computed = {'prune': dict(scoring.settings)} if scoring is not None else {'computed_from': 'the trained weights'}
   files.write_json(workdir / 'pruning.json',
-                   {**choice, 'prune': config.prune.to_dict(), 'seconds': seconds, 'density': report.density,
+                   {**choice, **computed, 'seconds': seconds, 'density': report.density,
                     'backend': jax.default_backend(), 'deterministic_ops': determinism.is_requested(),
                     **({'stability': checked} if checked is not None else {})})
   faults.point('pruning_files')

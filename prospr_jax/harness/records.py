@@ -49,7 +49,7 @@ class Scoring:
   """How a mask is scored: the criterion with its ``config.prune`` settings (each criterion reads its own keys,
   ``criteria/registry.py``), the batches it reads, and the arithmetic it runs in."""
   criterion: str
-  settings: Mapping[str, Any]  # config.prune, read-only
+  settings: Mapping[str, Any] = dataclasses.field(hash=False)  # config.prune, read-only
   invert: bool  # config.ablation == 'invert': the scores are negated before the top-k
   seed: int
   worker_count: int
@@ -59,15 +59,16 @@ class Scoring:
     return cls(config.criterion, types.MappingProxyType(config.prune.to_dict()), config.ablation == 'invert',
                config.seed, config.worker_count)
 
-  def replace(self, **settings: Any) -> Scoring:
+  def with_settings(self, **settings: Any) -> Scoring:
     """The same scoring with some of its ``config.prune`` settings changed (e.g. a more exact ``precision``)."""
+    if unknown := sorted(set(settings) - set(self.settings)):
+      raise KeyError(f'{", ".join(unknown)} not among the config.prune settings ({", ".join(sorted(self.settings))})')
     return dataclasses.replace(self, settings=types.MappingProxyType({**self.settings, **settings}))
 
   num_steps = property(lambda self: self.settings['num_steps'], doc='M, the inner steps (M + 1 batches)')
   batch_size = property(lambda self: self.settings['batch_size'], doc='the batch of each pruning batch')
   precision = property(lambda self: self.settings['precision'], doc='float32, float64 or highest')
   conv_impl = property(lambda self: self.settings['conv_impl'], doc="the scoring's convolution ('': the training one)")
-  structured = property(lambda self: self.settings['structured'], doc='one score per channel')
   streamed = property(lambda self: self.settings['streamed'], doc='first-order ProsPr over a stream of batches')
 
 
