@@ -229,6 +229,15 @@ def test_a_dense_cell_trained_by_train_py_counts_as_finished(tmp_path):
   assert (row['top1'], row['top5'], row['weight_sparsity'], row['cell']) == (0.75, 0.95, 0.0, 'cells/dense/seed_0')
 
 
+def test_a_multi_process_cpu_sweep_compiles_without_the_cache(monkeypatch, tmp_path, caplog):
+  import jax
+  before = jax.config.jax_compilation_cache_dir
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with caplog.at_level(logging.WARNING):
+    runner.enable_compilation_cache(tmp_path / 'jax_cache')
+  assert jax.config.jax_compilation_cache_dir == before and 'deadlocked in their gloo collectives' in caplog.text
+
+
 def test_unknown_criterion_lists_the_valid_names():
   with pytest.raises(ValueError, match=r"unknown criterion 'prosper'; valid names: all, force, grasp") as refusal:
     sweep.parse_criteria('snip,prosper')
