@@ -3,16 +3,28 @@
 XLA's backend optimisations cost far more compile time than they save on
 these tiny programs (about 3x on the meta-gradients), so tests compile at -O0;
 results are the same, only speed differs. Subprocesses inherit the setting.
+
+The run's programs go to a persistent compilation cache of its own, which the
+xdist workers and every prune.py / train.py subprocess share (a subprocess run
+of the default config otherwise compiles what the one before it compiled); the
+controller removes it at the end, so each run compiles everything once.
 """
 
 import gc
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ is importable, as for prune.py
 os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
+_RUN_CACHE = None  # the controller's (or a run without xdist's) cache folder; workers inherit it through the env
+if 'PYTEST_XDIST_WORKER' not in os.environ and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _RUN_CACHE = tempfile.mkdtemp(prefix='prospr_jax_tests_jax_cache_')
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_RUN_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 import jax  # noqa: E402  (after XLA_FLAGS: the backend reads them once)
 import pytest  # noqa: E402
@@ -54,3 +66,8 @@ def _release_compiled_programs():
   if count is not None and count > _MAP_BUDGET:
     jax.clear_caches()
     gc.collect()
+
+
+def pytest_sessionfinish(session):
+  if _RUN_CACHE is not None:
+    shutil.rmtree(_RUN_CACHE, ignore_errors=True)

@@ -38,6 +38,7 @@ def environment(devices: int) -> dict:
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'.strip()
   env.pop('JAX_COORDINATOR_ADDRESS', None)
+  env.pop('JAX_COMPILATION_CACHE_DIR', None)  # the suite's cache: multi-process CPU runs must not read it (runner.py)
   return env
 
 
@@ -55,7 +56,12 @@ def start(script, args, *, processes=2, devices=2, heartbeat=10):
 
 
 def finish(procs, timeout=400):
-  outputs = [p.communicate(timeout=timeout) for p in procs]
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+  finally:  # a hung run fails its test and leaves no process behind holding the cores
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-4000:]
   return outputs
