@@ -253,7 +253,7 @@ def test_train_py_reports_a_missing_mask_file_in_one_line(tmp_path):
 def test_ctrl_c_during_training_exits_130_naming_the_checkpoint_to_resume_from(tmp_path):
   checkpoints = tmp_path / 'pruned' / 'checkpoints'
   process = subprocess.Popen(
-      [sys.executable, 'prune.py', '--config.num_epochs=20', '--config.compare_dense=False',
+      [sys.executable, 'prune.py', '--config.num_epochs=1000', '--config.compare_dense=False',
        '--config.prune.num_steps=1', '--config.checkpoint_every_steps=5', f'--workdir={tmp_path}'],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 240
