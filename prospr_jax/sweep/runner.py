@@ -60,7 +60,7 @@ def enable_compilation_cache(directory: str | pathlib.Path) -> None:
   """Keep compiled programs that took over 0.5 s on disk, for the next cells and the next processes.
 
   Not in a multi-process CPU run: with jax 0.12, two-process runs whose train step came from the cache hung in
-  its gloo all-reduce (2 of 2 tries; 3 of 3 compiled ones ran).
+  its gloo all-reduce (``benchmarks/multiprocess_cache.py``).
   """
   if jax.process_count() > 1 and jax.default_backend() == 'cpu':
     log.warning('No compilation cache in a multi-process CPU run: programs loaded from it deadlocked in their gloo '
