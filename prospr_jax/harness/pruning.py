@@ -24,7 +24,7 @@ from prospr_jax import ablations, data, distributions, files, losses, mask_files
 from prospr_jax.channels import scores as channel_scores, target as structured_target
 from prospr_jax.criteria import prospr as prospr_lib, registry
 from prospr_jax.harness import plots, reports, seeds
-from prospr_jax.harness.records import PruneSpec, Scoring
+from prospr_jax.harness.records import PruneSpec, Running, Scoring
 from prospr_jax.models import flops, plans
 from prospr_jax.runtime import determinism, faults, sharding
 from prospr_jax.sparsity import SparsityReport, percent
@@ -170,8 +170,8 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   checked = check_stability(scoring, spec, model, variables, info, source, mesh, masks) \
       if scoring.settings['check_stability'] else None
   if jax.process_index() == 0:
-    write_mask_artifacts(workdir, masks, report, spec, f'{config.model} / {config.dataset}', seconds, scores,
-                         weights, scoring, checked)
+    write_mask_artifacts(workdir, masks, report, spec, Running.of(config).label, seconds, scores, weights, scoring,
+                         checked)
   return masks
 
 
@@ -202,13 +202,13 @@ def mask_checksum(masks: ArrayTree) -> np.ndarray:
 
 
 def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: SparsityReport, spec: PruneSpec,
-                         title: str, seconds: float, scores: ArrayTree, weights: SparsityReport | None = None,
+                         label: str, seconds: float, scores: ArrayTree, weights: SparsityReport | None = None,
                          scoring: Scoring | None = None, checked: dict[str, Any] | None = None) -> None:
   """The pruning step's files; ``mask.npz`` last, so a workdir holding it holds all of them.
 
-  ``pruning.json`` records how the mask was computed: ``scoring``'s settings, or, for a mask of the trained
-  weights (``scoring=None``), that it was not scored at initialisation. Structured: the report counts channels,
-  and its ``weights`` the kernel entries those channels own.
+  ``label`` ('<model> on <dataset>') titles the density plot. ``pruning.json`` records how the mask was computed:
+  ``scoring``'s settings, or, for a mask of the trained weights (``scoring=None``), that it was not scored at
+  initialisation. Structured: the report counts channels, and its ``weights`` the kernel entries those channels own.
   """
   mask_files.save_masks(workdir / 'scores.npz', scores)
   choice = {'criterion': spec.criterion, 'distribution': spec.distribution, 'ablation': spec.ablation,
@@ -223,7 +223,7 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
   files.write_text(workdir / 'sparsity_report.txt', f'{header}\n{report}\n')
   unit = 'channels' if spec.structured else 'weights'  # what the report counts: the mask's entries
   plots.plot_layer_density(report, workdir / 'layer_density.png', unit=unit,
-                           title=f'{title}: {spec.criterion} at sparsity {percent(spec.sparsity)}')
+                           title=f'{label}: {spec.criterion} at sparsity {percent(spec.sparsity)}')
   computed = {'prune': dict(scoring.settings)} if scoring is not None else {'computed_from': 'the trained weights'}
   files.write_json(workdir / 'pruning.json',
                    {**choice, **computed, 'seconds': seconds, 'density': report.density,

@@ -207,8 +207,8 @@ def prune_trained(config: ml_collections.ConfigDict, setup: Setup, trained: Arra
   log.info('%s: pruned the trained weights to %.2f%% density in %.2f s:\n%s', config.criterion, 100 * report.density,
            seconds, report)
   if jax.process_index() == 0:
-    pruning.write_mask_artifacts(workdir, mask, report, PruneSpec.of(config), f'{config.model} / {config.dataset}',
-                                 seconds, magnitude_scores(params), weights)
+    pruning.write_mask_artifacts(workdir, mask, report, PruneSpec.of(config), Running.of(config).label, seconds,
+                                 magnitude_scores(params), weights)
   return mask
 
 

@@ -125,8 +125,8 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
   recorded = _read_json(cell_dir / workdir_lib.CONFIG_FILE, cell_dir)
   prune = recorded.get('prune', {})
   scored = not (cell.is_dense or after_training.is_reference(cell.criterion))  # references prune trained weights
-  scoring = {} if not scored else {  # how the mask was computed: precision and convolution
-      'precision': prune.get('precision', 'float32'), 'scoring_conv': prune.get('conv_impl') or recorded.get('conv_impl')}
+  scoring = {'precision': prune.get('precision', 'float32'),  # how the mask was computed: precision, convolution
+             'scoring_conv': prune.get('conv_impl') or recorded.get('conv_impl')} if scored else {}
   kept = results.get('kept_weights')
   if kept is None and cell.is_dense:  # a dense cell trained by its train.py command (--parallel_cells) keeps all
     kept = prunable_weights(base)
