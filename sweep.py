@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from prospr_jax import sweep
 from prospr_jax.harness import entry, flag_parsing
-from prospr_jax.sweep import parallel
+from prospr_jax.sweep import after_training, parallel
 
 _CONFIG = flag_parsing.define_config_flag('configs/default.py', 'Base config of every cell (relative to the current '
                                           'folder, else to this script\'s); --config.<field>=<value> overrides it.')
@@ -41,8 +41,8 @@ _PRINT = flags.DEFINE_bool('print_commands', False, 'Print one shell command per
 _AGGREGATE = flags.DEFINE_bool('aggregate_only', False, 'Only rebuild results.jsonl, the tables and the figure from '
                                'the finished cells.')
 _ONLY_CELL = flags.DEFINE_string('only_cell', None, 'Run just this cell of the sweep recorded in --workdir, given as '
-                                 'criterion,sparsity,seed (lottery_rewind_iterative,0.9,0): what --print_commands '
-                                 'prints for the cells that prune after training. Aggregates nothing.')
+                                 'criterion,sparsity,seed (prospr,0.9,0): what --print_commands prints for each '
+                                 'cell. Aggregates nothing.')
 _IMPORT = flags.DEFINE_string('import_results', None, 'A results folder of this sweep from another machine (its '
                               'sweep.json and results.jsonl, e.g. results/<name>): its rows become finished cells '
                               'here (after checking each was trained with this config), so only the rest run.')
@@ -110,11 +110,13 @@ def _run(config_filename: str, workdir: pathlib.Path) -> None:
 
 
 def _run_parallel(config, grid, workdir: pathlib.Path, config_filename: str, cache: str) -> None:
-  commands = sweep.pending_commands(config, grid, workdir, config_filename, sweep.config_overrides(sys.argv[1:]),
-                                    script_dir=os.path.dirname(os.path.abspath(sys.argv[0])), python=sys.executable,
-                                    cache_dir=cache or None)[:-1]
+  cells = sweep.pending_cells(config, grid, workdir)
+  commands = [sweep.cell_command(cell, workdir, config_filename, sweep.config_overrides(sys.argv[1:]),
+                                 script_dir=os.path.dirname(os.path.abspath(sys.argv[0])), python=sys.executable,
+                                 cache_dir=cache or None) for cell in cells]
   deadline = time.time() + 60 * _BUDGET.value if _BUDGET.value else None
-  failures, skipped = parallel.run(commands, _PARALLEL.value, workdir, parallel.backend(), deadline)
+  failures, skipped = parallel.run(commands, _PARALLEL.value, workdir, parallel.backend(), deadline,
+                                   after=[after_training.is_reference(cell.criterion) for cell in cells])
   sweep.aggregate(workdir, config)
   _print_table(workdir)
   if skipped:

@@ -171,17 +171,16 @@ def test_print_commands_lists_only_unfinished_cells(finished, tmp_path):
   printed = sweep.pending_commands(base_config(), sweep.make_grid(CRITERIA, SPARSITIES, SEEDS), copy,
                                    'configs/default.py', OVERRIDES)
   assert printed == [
-      ("python train.py --config configs/default.py --config.num_epochs=1 '--config.lr_milestones=()' "
-       f'--config.seed=0 --config.compare_dense=False --workdir {copy}/cells/dense/seed_0'),
-      ("python prune.py --config configs/default.py --config.num_epochs=1 '--config.lr_milestones=()' "
-       '--config.criterion=random --config.prune.sparsity=0.5 --config.seed=1 --config.compare_dense=False '
-       f'--workdir {copy}/cells/random/sparsity_0.500/seed_1'),
+      ("python sweep.py --config configs/default.py --config.num_epochs=1 '--config.lr_milestones=()' "
+       f'--workdir {copy} --only_cell=dense,0.0,0'),
+      ("python sweep.py --config configs/default.py --config.num_epochs=1 '--config.lr_milestones=()' "
+       f'--workdir {copy} --only_cell=random,0.5,1'),
       ("python sweep.py --config configs/default.py --config.num_epochs=1 '--config.lr_milestones=()' "
        f'--workdir {copy} --aggregate_only')]
 
 
 @pytest.mark.slow
-def test_printed_prune_command_reruns_its_cell_to_the_same_accuracy(finished, tmp_path):
+def test_printed_cell_command_reruns_its_cell_to_the_same_accuracy(finished, tmp_path):
   cell = sweep.Cell('magnitude', 0.5, 1)
   copy = copy_of(finished[0], tmp_path, cell)
   env = {**os.environ, 'JAX_ENABLE_X64': '1'}  # float64, as tests/conftest.py runs the sweep in this process
@@ -192,8 +191,8 @@ def test_printed_prune_command_reruns_its_cell_to_the_same_accuracy(finished, tm
   lines = printed.stdout.splitlines()
   assert len(lines) == 2 and lines[1].endswith('--aggregate_only')
   words = shlex.split(lines[0])
-  assert words[0].startswith('JAX_COMPILATION_CACHE_DIR=') and words[1:3] == ['python', 'prune.py']
-  assert '--config.num_epochs=1' in words and '--config.criterion=magnitude' in words
+  assert words[0].startswith('JAX_COMPILATION_CACHE_DIR=') and words[1:3] == ['python', 'sweep.py']
+  assert '--config.num_epochs=1' in words and words[-1] == '--only_cell=magnitude,0.5,1'
   cache_variable, cache_dir = words[0].split('=', 1)
   ran = run_python(*words[2:], env={**env, cache_variable: cache_dir})
   assert ran.returncode == 0, ran.stderr[-3000:]

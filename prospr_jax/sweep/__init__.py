@@ -9,7 +9,7 @@ Beside the registry's criteria, a sweep runs the two references of Figure 2
 that prune after training (``after_training``) from the dense cell of each seed.
 """
 
-from prospr_jax.sweep.commands import config_overrides, pending_commands
+from prospr_jax.sweep.commands import cell_command, config_overrides, pending_cells, pending_commands
 from prospr_jax.sweep.grid import (
     DENSE,
     PAPER_SPARSITIES,
@@ -33,6 +33,6 @@ from prospr_jax.sweep.runner import (
 )
 
 __all__ = ['DENSE', 'PAPER_SPARSITIES', 'Cell', 'CellInterrupted', 'Grid', 'ImportOutcome', 'ResultsImportError',
-           'SweepConfigError', 'SweepOutcome', 'aggregate', 'cell_config', 'config_overrides',
+           'SweepConfigError', 'SweepOutcome', 'aggregate', 'cell_command', 'cell_config', 'config_overrides',
            'enable_compilation_cache', 'import_results', 'make_grid', 'parse_criteria', 'parse_sparsities',
-           'pending_commands', 'run_only_cell', 'run_sweep', 'validate_sweep']
+           'pending_cells', 'pending_commands', 'run_only_cell', 'run_sweep', 'validate_sweep']

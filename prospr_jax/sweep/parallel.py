@@ -3,8 +3,8 @@
 Each cell runs the command ``--print_commands`` prints for it, with this Python. Each of the N slots gets a share
 of the device: on a GPU ``XLA_PYTHON_CLIENT_MEM_FRACTION`` = 0.9 / N (JAX preallocates that fraction), on a CPU
 1 / N of the cores (the process's CPU affinity, which sizes XLA's thread pool). The cells of the references that
-prune after training (``--only_cell`` commands) wait for the others and run one at a time: they start from their
-seed's dense cell, and one seed's iterative rounds run in order. A cell's output goes to
+prune after training wait for the others and run one at a time: they start from their seed's dense cell, and one
+seed's iterative rounds run in order. A cell's output goes to
 ``<workdir>/logs/cell_<k>.log``; a cell that fails is named, with its log, once the others are done.
 """
 
@@ -50,8 +50,9 @@ def _start(command: str, slot: Slot, log: pathlib.Path) -> subprocess.Popen:
 
 
 def run(commands: Sequence[str], n: int, workdir: pathlib.Path, backend: str,
-        deadline: float | None = None) -> tuple[list[str], int]:
-  """Run the cells' ``commands`` N at a time (the ``--only_cell`` ones after the rest, one at a time).
+        deadline: float | None = None, *, after: Sequence[bool] = ()) -> tuple[list[str], int]:
+  """Run the cells' ``commands`` N at a time; those whose ``after`` is true (the references' cells) after the rest,
+  one at a time.
 
   Returns the failures (one line each: the command's log and exit code) and the number of commands not started
   because ``deadline`` (a ``time.time()``) passed.
@@ -59,7 +60,8 @@ def run(commands: Sequence[str], n: int, workdir: pathlib.Path, backend: str,
   shares = slots(n, backend)
   failures: list[str] = []
   logs = workdir / 'logs'
-  waves = [[(k, c) for k, c in enumerate(commands) if ('--only_cell=' in c) == after] for after in (False, True)]
+  waits = list(after) + [False] * (len(commands) - len(after))
+  waves = [[(k, c) for k, c in enumerate(commands) if waits[k] == last] for last in (False, True)]
   skipped = 0
   for wave, width in zip(waves, (n, 1)):
     running: dict[int, tuple[subprocess.Popen, int]] = {}  # slot -> (process, command number)
