@@ -21,7 +21,15 @@ from prospr_jax.masks import check_same_structure, is_none, named_leaves
 
 
 class LayerCollapseError(ValueError):
-  """A mask would remove every weight of a layer, disconnecting the network (layer collapse)."""
+  """A mask would remove every weight of a layer, disconnecting the network (layer collapse).
+
+  ``emptied`` names those layers; ``mask`` is the refused mask, for a caller that can tell whether another path (a
+  residual shortcut) bypasses them (``harness/connectivity.py``).
+  """
+
+  def __init__(self, message: str, emptied: tuple[str, ...] = (), mask: ArrayTree | None = None):
+    super().__init__(message)
+    self.emptied, self.mask = tuple(emptied), mask
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -123,7 +131,7 @@ def global_topk_mask(scores: ArrayTree, sparsity: float, *, keep_one_per_layer: 
     raise LayerCollapseError(
         f'a global top-k mask at sparsity {sparsity} would remove every weight of {", ".join(emptied)}, '
         'disconnecting the network. Lower the sparsity, or keep one weight per layer (keep_one_per_layer=True; in a '
-        'config, config.prune.keep_one_per_layer=True).')
+        'config, config.prune.keep_one_per_layer=True).', emptied, _mask_tree(scores, kept))
   return _mask_tree(scores, kept)
 
 

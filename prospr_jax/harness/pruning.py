@@ -20,10 +20,11 @@ import numpy as np
 from chex import ArrayTree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prospr_jax import ablations, data, distributions, files, losses, mask_files, masks as masks_lib, models, stability
+from prospr_jax import ablations, data, distributions, files, losses, mask_files, masks as masks_lib, models, stability, \
+    topk
 from prospr_jax.channels import scores as channel_scores, target as structured_target
 from prospr_jax.criteria import prospr as prospr_lib, registry
-from prospr_jax.harness import plots, reports, seeds
+from prospr_jax.harness import connectivity, plots, reports, seeds
 from prospr_jax.harness.records import PruneSpec, Running, Scoring
 from prospr_jax.models import flops, plans
 from prospr_jax.runtime import determinism, faults, sharding
@@ -45,6 +46,18 @@ def threshold(spec: PruneSpec, model, params: ArrayTree, scores: ArrayTree) -> A
     return structured_target.mask_for_weight_sparsity(plans.channel_plan(model, params), params, scores,
                                                       spec.sparsity, distributed_mask_fn(spec))
   return distributed_mask_fn(spec)(scores, spec.sparsity)
+
+
+def connected_mask(spec: PruneSpec, model, variables: ArrayTree, scores: ArrayTree,
+                   input_shape: tuple[int, ...]) -> ArrayTree:
+  """``threshold``, keeping a mask that empties layers a shortcut bypasses (unstructured; ``connectivity.py``);
+  a mask that leaves no path from the input to the output is refused (``topk.LayerCollapseError``)."""
+  try:
+    return threshold(spec, model, variables['params'], scores)
+  except topk.LayerCollapseError as error:
+    if spec.structured:
+      raise
+    return connectivity.mask_or_collapse(error, model, variables, input_shape)
 
 
 def criterion_kwargs(scoring: Scoring, spec: PruneSpec, criterion: registry.Criterion, model=None,
@@ -160,7 +173,7 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   # Scores of the global batch are replicated: every process thresholds the same values on its own.
   scores = sharding.host_value(compute_scores(scoring, spec, model, variables, info, source, mesh))
   faults.point('scoring')
-  masks = threshold(spec, model, variables['params'], scores)
+  masks = connected_mask(spec, model, variables, scores, info.input_shape)
   if spec.ablation == 'shuffle':
     masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(scoring.seed))
   sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
@@ -181,7 +194,7 @@ def check_stability(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTr
   second = stability.second_scoring(scoring.precision, jax.default_backend())
   scores = sharding.host_value(compute_scores(scoring.with_settings(precision=second.precision), spec, model, variables,
                                               info, source, mesh, second.input_scale))
-  again = threshold(spec, model, variables['params'], scores)
+  again = connected_mask(spec, model, variables, scores, info.input_shape)
   overlap = {'against': second.label, **stability.kept_overlap(masks, again)}
   if (message := stability.warning(second, overlap['total'])) is not None:
     log.warning(message)
@@ -225,6 +238,8 @@ def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: Sparsi
   plots.plot_layer_density(report, workdir / 'layer_density.png', unit=unit,
                            title=f'{label}: {spec.criterion} at sparsity {percent(spec.sparsity)}')
   computed = {'prune': dict(scoring.settings)} if scoring is not None else {'computed_from': 'the trained weights'}
+  if emptied := [name for name, kept in masks_lib.named_leaves(masks) if not np.any(kept)]:
+    computed['emptied_layers'] = emptied  # bypassed by a shortcut (connectivity.py): the network still computes
   files.write_json(workdir / 'pruning.json',
                    {**choice, **computed, 'seconds': seconds, 'density': report.density,
                     'backend': jax.default_backend(), 'deterministic_ops': determinism.is_requested(),

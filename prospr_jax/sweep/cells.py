@@ -119,7 +119,8 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
   results, final = finished
   collapse = results.get('collapsed')
   final = final or {'eval_top1': None, 'eval_top5': None}
-  pruning_seconds = _read_json(cell_dir / 'pruning.json', cell_dir).get('seconds')
+  pruning = _read_json(cell_dir / 'pruning.json', cell_dir)
+  pruning_seconds = pruning.get('seconds')
   cell_seconds = _read_json(cell_dir / CELL_FILE, cell_dir).get('seconds')
   training_seconds = None if cell_seconds is None else cell_seconds - (pruning_seconds or 0.0)
   recorded = _read_json(cell_dir / workdir_lib.CONFIG_FILE, cell_dir)
@@ -134,7 +135,8 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
           'seed': cell.seed, 'kept_weights': kept,
           'weight_sparsity': results.get('weight_sparsity'), 'top1': final['eval_top1'], 'top5': final['eval_top5'],
           'pruning_seconds': pruning_seconds, 'training_seconds': training_seconds, 'cell_seconds': cell_seconds,
-          'cell': str(cell_dir.relative_to(workdir)), **scoring, **({'collapsed': collapse} if collapse else {})}
+          'cell': str(cell_dir.relative_to(workdir)), **scoring, **({'collapsed': collapse} if collapse else {}),
+          **({'emptied_layers': pruning['emptied_layers']} if pruning.get('emptied_layers') else {})}
 
 
 def prunable_weights(config: ml_collections.ConfigDict) -> int:
