@@ -51,6 +51,16 @@ def test_a_cell_with_collapsed_seeds_says_how_many_beside_its_mean_and_std():
   assert 'count at chance accuracy (10.00%) in the mean and std' in markdown
 
 
+def test_the_title_says_how_many_seeds_finished_where_a_point_has_fewer_than_asked():
+  summaries = table.summarize(ROWS, table.chance_top1(CONFIG))
+  assert table.title(CONFIG, GRID, summaries) == 'lenet300_100 on fashion_mnist, 20 epochs, 3 seeds'
+  cut = table.summarize([r for r in ROWS if r['seed'] == 0 or r['criterion'] == 'grasp'], table.chance_top1(CONFIG))
+  assert table.title(CONFIG, GRID, cut) == 'lenet300_100 on fashion_mnist, 20 epochs, 3 seeds asked, 1 to 3 finished ' \
+                                          'per point'
+  assert '3 seeds asked, 1 finished per point' in table.table_markdown(
+      table.summarize([r for r in ROWS if r['seed'] == 0], table.chance_top1(CONFIG)), GRID, CONFIG)
+
+
 def test_the_csv_holds_the_chance_counted_mean_and_std_and_the_collapsed_count():
   summaries = table.summarize(ROWS, table.chance_top1(CONFIG))
   rows = {r['criterion']: r for r in csv.DictReader(io.StringIO(table.table_csv(summaries, GRID, CONFIG)))}

@@ -150,7 +150,7 @@ def draw_figure(summaries: dict[tuple[str, float], Summary], grid: Grid, config:
     rest[0].set_ylim(*zoom)
     rest[0].set_title('zoomed on the better half of the criteria at each sparsity (± std as bars)', fontsize=9)
     full.set_title('all criteria (± std as bands)', fontsize=9)
-  fig.suptitle(title(config, grid))
+  fig.suptitle(title(config, grid, summaries))
   fig.tight_layout()
   return fig
 

@@ -86,10 +86,17 @@ def _has_paper_numbers(config: dict[str, Any]) -> bool:
   return (config['model'], config['dataset']) in paper_numbers.PAPER_TOP1
 
 
-def title(config: dict[str, Any], grid: Grid) -> str:
+def title(config: dict[str, Any], grid: Grid, summaries: dict[tuple[str, float], Summary] | None = None) -> str:
+  """``<model> on <dataset>, <epochs> epochs, <seeds> seeds``; where a point has fewer seeds finished than the grid
+  asks for (a budget cut, a sweep in progress), how many: ``3 seeds asked, 1 to 3 finished per point``."""
   epochs, seeds = config['num_epochs'], grid.seeds
-  return (f'{config["model"]} on {config["dataset"]}, {epochs} epoch{"s" * (epochs != 1)}, '
-          f'{seeds} seed{"s" * (seeds != 1)}')
+  finished = sorted({summary.n for summary in (summaries or {}).values()})
+  counts = f'{seeds} seed{"s" * (seeds != 1)}'
+  if finished and finished != [seeds]:
+    low, high = finished[0], finished[-1]
+    counts += f' asked, {low if low == high else f"{low} to {high}"} finished per point'
+  return f'{config["model"]} on {config["dataset"]}, {epochs} epoch{"s" * (epochs != 1)}, {counts}'
+
 
 
 def _references_note(grid: Grid) -> str:
@@ -102,10 +109,11 @@ def _references_note(grid: Grid) -> str:
 def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
   """Rows: dense, then each criterion; columns: the sparsities; cells ``mean ± std (n)`` and the paper's."""
   paper = _has_paper_numbers(config)
-  lines = [f'Top-1 accuracy (%) of {title(config, grid)}: mean ± sample std over seeds (n finished)'
+  lines = [f'Top-1 accuracy (%) of {title(config, grid, summaries)}: mean ± sample std over seeds (n finished)'
            + ('; [paper: mean ± std] from its appendix B' if paper else '')
-           + '. "k collapsed": in k of the n seeds the mask emptied a layer (layer collapse), so the network outputs '
-           f'a constant: those seeds count at chance accuracy ({chance_top1(config):.2f}%) in the mean and std.'
+           + '. "k collapsed": in k of the n seeds the mask emptied layers on every path from the input to the output '
+           '(layer collapse), so the network outputs a constant: those seeds count at chance accuracy '
+           f'({chance_top1(config):.2f}%) in the mean and std.'
            + _references_note(grid),
            '',
            '| Sparsity (%) | ' + ' | '.join(sparsity_labels(grid.sparsities)) + ' |',
