@@ -83,6 +83,11 @@ def test_every_cell_finishes_with_one_results_row_each(finished):
   assert pruned['kept_weights'] == pytest.approx(0.1 * dense['kept_weights'], abs=1)
   assert len(pruned['config_hash']) == 12 and pruned['pruning_seconds'] > 0 and pruned['training_seconds'] > 0
   assert 0 <= pruned['top5'] <= 1 and pruned['top1'] <= pruned['top5']
+  import jax
+  import jaxlib
+  here = {'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'backend': 'cpu', 'device': 'cpu'}
+  assert all(r['ran_on'] == [here] for r in rows)  # what computed each row
+  assert 'environments' not in (workdir / 'table.md').read_text()  # one environment: no note
 
 
 @pytest.mark.slow

@@ -61,6 +61,16 @@ def test_the_title_says_how_many_seeds_finished_where_a_point_has_fewer_than_ask
       table.summarize([r for r in ROWS if r['seed'] == 0], table.chance_top1(CONFIG)), GRID, CONFIG)
 
 
+def test_a_table_of_rows_from_several_environments_says_so():
+  cpu = {'jax': '0.10.2', 'jaxlib': '0.10.2', 'backend': 'cpu', 'device': 'cpu'}
+  gpu = {'jax': '0.12.1', 'jaxlib': '0.12.1', 'backend': 'gpu', 'device': 'NVIDIA H100 80GB HBM3'}
+  assert table.environments_note([{'ran_on': [cpu]}, {'ran_on': [cpu]}]) == ''
+  note = table.environments_note([{'ran_on': [cpu]}, {'ran_on': [cpu, gpu]}, {}])
+  assert note == (' The rows were computed in 3 environments (jax 0.10.2 on cpu (cpu); jax 0.12.1 on gpu (NVIDIA H100 '
+                  '80GB HBM3); not recorded); each row of results.jsonl says which (ran_on).')
+  assert table.table_markdown(table.summarize(ROWS, 10.0), GRID, CONFIG, note).split('\n')[0].endswith('(ran_on).')
+
+
 def test_the_csv_holds_the_chance_counted_mean_and_std_and_the_collapsed_count():
   summaries = table.summarize(ROWS, table.chance_top1(CONFIG))
   rows = {r['criterion']: r for r in csv.DictReader(io.StringIO(table.table_csv(summaries, GRID, CONFIG)))}

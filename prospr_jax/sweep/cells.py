@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import ml_collections
 
 from prospr_jax import data, files, models, topk
@@ -121,7 +122,8 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
   final = final or {'eval_top1': None, 'eval_top5': None}
   pruning = _read_json(cell_dir / 'pruning.json', cell_dir)
   pruning_seconds = pruning.get('seconds')
-  cell_seconds = _read_json(cell_dir / CELL_FILE, cell_dir).get('seconds')
+  cell_record = _read_json(cell_dir / CELL_FILE, cell_dir)
+  cell_seconds = cell_record.get('seconds')
   training_seconds = None if cell_seconds is None else cell_seconds - (pruning_seconds or 0.0)
   recorded = _read_json(cell_dir / workdir_lib.CONFIG_FILE, cell_dir)
   prune = recorded.get('prune', {})
@@ -136,7 +138,14 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
           'weight_sparsity': results.get('weight_sparsity'), 'top1': final['eval_top1'], 'top5': final['eval_top5'],
           'pruning_seconds': pruning_seconds, 'training_seconds': training_seconds, 'cell_seconds': cell_seconds,
           'cell': str(cell_dir.relative_to(workdir)), **scoring, **({'collapsed': collapse} if collapse else {}),
-          **({'emptied_layers': pruning['emptied_layers']} if pruning.get('emptied_layers') else {})}
+          **({'emptied_layers': pruning['emptied_layers']} if pruning.get('emptied_layers') else {}),
+          **({'ran_on': cell_record['ran_on']} if cell_record.get('ran_on') else {})}
+
+
+def environment() -> dict[str, str]:
+  """What computes this process's cells: the JAX and jaxlib versions, the backend and the device kind."""
+  return {'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'backend': jax.default_backend(),
+          'device': jax.devices()[0].device_kind}
 
 
 def prunable_weights(config: ml_collections.ConfigDict) -> int:
@@ -176,7 +185,9 @@ def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path)
     log.info('sweep: %s prunes the round at %.4f%% sparsity, which has not finished: running it first (%s)', cell,
              100 * previous.sparsity, previous.directory(workdir))
     run_cell(previous, base, workdir)
-  before = _read_json(cell_dir / CELL_FILE, cell_dir).get('seconds') or 0.0
+  recorded = _read_json(cell_dir / CELL_FILE, cell_dir)
+  before, ran_on, here = recorded.get('seconds') or 0.0, recorded.get('ran_on', []), environment()
+  ran_on += [here] if here not in ran_on else []
   start, results = time.perf_counter(), None
   try:
     if cell.is_dense:
@@ -199,7 +210,7 @@ def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path)
   finally:
     seconds = time.perf_counter() - start
     if jax.process_index() == 0 and cell_dir.is_dir():
-      files.write_json(cell_dir / CELL_FILE, {'seconds': before + seconds})
+      files.write_json(cell_dir / CELL_FILE, {'seconds': before + seconds, 'ran_on': ran_on})
   if jax.process_index() == 0 and results is not None:
     files.write_json(cell_dir / RESULTS_FILE, results)  # last: it marks the cell finished
   return seconds

@@ -166,9 +166,11 @@ def import_results(config: ml_collections.ConfigDict, grid: Grid, folder: str | 
     cell_dir = cell.directory(workdir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     files.write_text(cell_dir / workdir_lib.CONFIG_FILE, text)
-    if row.get('pruning_seconds') is not None:
-      files.write_json(cell_dir / 'pruning.json', {'seconds': row['pruning_seconds']})
-    if row.get('cell_seconds') is not None:
-      files.write_json(cell_dir / cells_lib.CELL_FILE, {'seconds': row['cell_seconds']})
+    if row.get('pruning_seconds') is not None or row.get('emptied_layers'):
+      files.write_json(cell_dir / 'pruning.json', {'seconds': row.get('pruning_seconds'),
+                                                   **{k: row[k] for k in ('emptied_layers',) if row.get(k)}})
+    if row.get('cell_seconds') is not None or row.get('ran_on'):
+      files.write_json(cell_dir / cells_lib.CELL_FILE, {'seconds': row.get('cell_seconds'),
+                                                        **{k: row[k] for k in ('ran_on',) if row.get(k)}})
     files.write_json(cell_dir / cells_lib.RESULTS_FILE, _results_record(cell, row, str(folder)))  # last: finished
   return ImportOutcome(imported, already)

@@ -116,7 +116,7 @@ def write_tables(folder: pathlib.Path, base: dict[str, Any], grid: Grid, rows: l
   """``table.md``, ``table.csv`` (and the figure) of ``rows`` in ``folder``; a collapsed seed counts at chance."""
   summaries = table.summarize(rows, table.chance_top1(base))
   if jax.process_index() == 0:
-    files.write_text(folder / 'table.md', table.table_markdown(summaries, grid, base))
+    files.write_text(folder / 'table.md', table.table_markdown(summaries, grid, base, table.environments_note(rows)))
     files.write_text(folder / 'table.csv', table.table_csv(summaries, grid, base))
     if with_figure:
       figure.save_figure(figure.draw_figure(summaries, grid, base), folder / figure.FIGURE_NAME)

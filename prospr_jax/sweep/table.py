@@ -106,15 +106,29 @@ def _references_note(grid: Grid) -> str:
           f'initialization): {"; ".join(f"{c} ({after_training.DESCRIPTIONS[c]})" for c in names)}.') if names else ''
 
 
-def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
-  """Rows: dense, then each criterion; columns: the sparsities; cells ``mean ± std (n)`` and the paper's."""
+def environments_note(rows: Iterable[dict[str, Any]]) -> str:
+  """A sentence naming the environments (JAX version, backend, device) the rows were computed in, where they are
+  more than one: a mean over rows of several is not one machine's number."""
+  seen = []
+  for row in rows:
+    for env in row.get('ran_on') or [None]:
+      label = 'not recorded' if env is None else f'jax {env["jax"]} on {env["backend"]} ({env["device"]})'
+      seen += [label] if label not in seen else []
+  return (f' The rows were computed in {len(seen)} environments ({"; ".join(seen)}); each row of results.jsonl says '
+          'which (ran_on).') if len(seen) > 1 else ''
+
+
+def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any],
+                   note: str = '') -> str:
+  """Rows: dense, then each criterion; columns: the sparsities; cells ``mean ± std (n)`` and the paper's; ``note``
+  ends the caption."""
   paper = _has_paper_numbers(config)
   lines = [f'Top-1 accuracy (%) of {title(config, grid, summaries)}: mean ± sample std over seeds (n finished)'
            + ('; [paper: mean ± std] from its appendix B' if paper else '')
            + '. "k collapsed": in k of the n seeds the mask emptied layers on every path from the input to the output '
            '(layer collapse), so the network outputs a constant: those seeds count at chance accuracy '
            f'({chance_top1(config):.2f}%) in the mean and std.'
-           + _references_note(grid),
+           + _references_note(grid) + note,
            '',
            '| Sparsity (%) | ' + ' | '.join(sparsity_labels(grid.sparsities)) + ' |',
            '|---' * (len(grid.sparsities) + 1) + '|']
