@@ -217,7 +217,7 @@ def test_a_reference_cell_is_refused_in_one_line_until_the_dense_cell_of_its_see
   overrides = ['--config.num_epochs=2', '--config.lr_milestones=(1,)']
   printed = sweep.pending_commands(base_config(), sweep.make_grid('lottery_rewind_one_shot', '0.9', 1), tmp_path,
                                    'configs/default.py', overrides)
-  assert printed[0].startswith('python train.py ') and printed[2].endswith('--aggregate_only')
+  assert printed[0].endswith('--only_cell=dense,0.0,0') and printed[2].endswith('--aggregate_only')
   assert printed[1] == ('python sweep.py --config configs/default.py --config.num_epochs=2 '
                         f"'--config.lr_milestones=(1,)' --workdir {tmp_path} --only_cell=lottery_rewind_one_shot,0.9,0")
   with pytest.raises(after_training.MissingDenseRun) as refusal:

@@ -350,7 +350,7 @@ def test_a_cell_trained_for_fewer_epochs_is_unfinished_so_it_is_not_aggregated_a
   sweep.aggregate(tmp_path, with_figure=False)
   assert (tmp_path / 'results.jsonl').read_text() == ''
   commands = sweep.pending_commands(config, grid, tmp_path, 'configs/default.py', [])
-  assert any('train.py' in command and str(cell.directory(tmp_path)) in command for command in commands)
+  assert any(command.endswith('--only_cell=dense,0.0,0') for command in commands)
 
 
 # 2. Imported rows are checked by value: every key, accuracies in [0, 1], one row per cell.
@@ -607,7 +607,8 @@ def test_a_resumed_cells_time_counts_every_process_that_ran_it(tmp_path, monkeyp
     cells_lib.run_cell(cell, config, tmp_path)
   monkeypatch.setattr(cells_lib.experiment, 'prune_and_train', lambda config, workdir: None)
   assert cells_lib.run_cell(cell, config, tmp_path) == 10.0
-  assert json.loads((cell.directory(tmp_path) / 'cell.json').read_text()) == {'seconds': 40.0}
+  assert json.loads((cell.directory(tmp_path) / 'cell.json').read_text()) == {
+      'seconds': 40.0, 'ran_on': [cells_lib.environment()]}  # both processes ran here: one environment
 
 
 @pytest.mark.slow

@@ -327,6 +327,25 @@ def test_a_criterion_that_empties_a_layer_is_recorded_as_layer_collapse_and_the_
   assert results_rows(tmp_path / 'fresh') == results_rows(tmp_path)
 
 
+@pytest.mark.slow
+def test_a_cell_whose_training_diverges_is_recorded_as_such_and_the_sweep_goes_on(tmp_path):
+  """A NaN loss is a result of the recipe on that network (counted at chance, said so), not a failure that stops
+  the sweep or leaves its seed out of the means."""
+  config = base_config()
+  config.learning_rate = 1e12
+  outcome = sweep.run_sweep(config, 'magnitude', '0.5', 1, tmp_path)
+  assert outcome.remaining == 0
+  rows = results_rows(tmp_path)
+  assert [(r['criterion'], r['top1']) for r in rows] == [('dense', None), ('magnitude', None)]
+  assert all(r['diverged'].startswith('training diverged: ') for r in rows), rows
+  assert '| magnitude | 10.00 (n=1, 1 diverged) |' in (tmp_path / 'table.md').read_text()
+  assert sweep.run_sweep(config, 'magnitude', '0.5', 1, tmp_path).ran == 0  # finished, not retried
+  grid = sweep.make_grid('magnitude', '0.5', 1)  # a diverged row is imported as such
+  assert sweep.import_results(config, grid, tmp_path, tmp_path / 'fresh').imported == 2
+  sweep.aggregate(tmp_path / 'fresh', with_figure=False)
+  assert results_rows(tmp_path / 'fresh') == results_rows(tmp_path)
+
+
 def test_ctrl_c_in_a_cell_names_that_cells_checkpoint_not_a_finished_cells(monkeypatch, tmp_path):
   """A sweep holds many cells' checkpoints; the message must say where the interrupted cell resumes from."""
   finished_cell = tmp_path / 'cells' / 'snip' / 'sparsity_0.5' / 'seed_0' / 'pruned' / 'checkpoints' / '4680'

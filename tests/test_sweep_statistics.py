@@ -51,6 +51,15 @@ def test_a_cell_with_collapsed_seeds_says_how_many_beside_its_mean_and_std():
   assert 'count at chance accuracy (10.00%) in the mean and std' in markdown
 
 
+def test_a_diverged_seed_counts_at_chance_and_is_named_apart_from_a_collapsed_one():
+  rows = [row('snip', 0.9, 0, 0.89), row('snip', 0.9, 1, None),
+          {'criterion': 'snip', 'sparsity': 0.9, 'seed': 2, 'top1': None, 'diverged': 'the loss became NaN at step 7'}]
+  summary = table.summarize(rows, 10.0)[('snip', 0.9)]
+  assert (summary.n, summary.collapsed, summary.diverged) == (3, 1, 1)
+  assert summary.mean == pytest.approx(statistics.fmean([89.0, 10.0, 10.0]))
+  assert table.format_summary(summary) == '36.33 ± 45.61 (n=3, 1 collapsed, 1 diverged)'
+
+
 def test_the_title_says_how_many_seeds_finished_where_a_point_has_fewer_than_asked():
   summaries = table.summarize(ROWS, table.chance_top1(CONFIG))
   assert table.title(CONFIG, GRID, summaries) == 'lenet300_100 on fashion_mnist, 20 epochs, 3 seeds'

@@ -33,7 +33,7 @@ import jaxlib
 import ml_collections
 
 from prospr_jax import data, files, models, topk
-from prospr_jax.harness import experiment
+from prospr_jax.harness import experiment, train_loop
 from prospr_jax.runtime import workdir as workdir_lib
 from prospr_jax.sweep import after_training, iterative_rewinding
 from prospr_jax.sweep.grid import DENSE, Cell, cell_config
@@ -84,16 +84,27 @@ def _completed_training(cell_dir: pathlib.Path) -> dict[str, Any] | None:
   return rows[-1] if rows and rows[-1].get('epoch', 0) >= epochs else None
 
 
+# Outcomes recorded in place of accuracies, each counted at chance in the tables: the mask left no path from the input
+# to the output (layer collapse), or the training loss became NaN or infinite.
+AT_CHANCE = ('collapsed', 'diverged')
+
+
+def at_chance(results: dict[str, Any]) -> dict[str, str]:
+  """The ``AT_CHANCE`` outcome of a cell's results or row, e.g. ``{'collapsed': '<why>'}``; ``{}`` for a trained one."""
+  return {key: results[key] for key in AT_CHANCE if results.get(key)}
+
+
 def final_results(cell: Cell, workdir: pathlib.Path,
                   base: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
-  """``(results, final eval row)`` of a finished cell (None for a collapsed one's row), None for an unfinished one."""
+  """``(results, final eval row)`` of a finished cell (None for a collapsed or diverged one's), None for an unfinished
+  one."""
   cell_dir = cell.directory(workdir)
   if not has_sweep_config(cell, cell_dir, base):
     return None
   results = _read_json(cell_dir / RESULTS_FILE, cell_dir)
   if results:
-    final = None if results.get('collapsed') else results.get('pruned') or results.get(DENSE)
-    if not results.get('collapsed') and not (isinstance(final, dict) and {'eval_top1', 'eval_top5'} <= set(final)):
+    final = None if at_chance(results) else results.get('pruned') or results.get(DENSE)
+    if not at_chance(results) and not (isinstance(final, dict) and {'eval_top1', 'eval_top5'} <= set(final)):
       raise files.UnreadableFileError(f'{cell_dir / RESULTS_FILE} holds no final top-1 and top-5: it is corrupt or '
                                       f'not a cell\'s results; {_rerun(cell_dir)}')
     return results, final
@@ -118,7 +129,6 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
   if finished is None:
     return None
   results, final = finished
-  collapse = results.get('collapsed')
   final = final or {'eval_top1': None, 'eval_top5': None}
   pruning = _read_json(cell_dir / 'pruning.json', cell_dir)
   pruning_seconds = pruning.get('seconds')
@@ -137,7 +147,7 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
           'seed': cell.seed, 'kept_weights': kept,
           'weight_sparsity': results.get('weight_sparsity'), 'top1': final['eval_top1'], 'top5': final['eval_top5'],
           'pruning_seconds': pruning_seconds, 'training_seconds': training_seconds, 'cell_seconds': cell_seconds,
-          'cell': str(cell_dir.relative_to(workdir)), **scoring, **({'collapsed': collapse} if collapse else {}),
+          'cell': str(cell_dir.relative_to(workdir)), **scoring, **at_chance(results),
           **({'emptied_layers': pruning['emptied_layers']} if pruning.get('emptied_layers') else {}),
           **({'ran_on': cell_record['ran_on']} if cell_record.get('ran_on') else {})}
 
@@ -207,6 +217,10 @@ def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path)
         log.warning('sweep: %s: layer collapse, recorded as such (%s)', cell, error)
         results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': str(error),
                    'kept_weights': None, 'weight_sparsity': None}
+  except train_loop.TrainingDiverged as error:  # a result of the recipe on this network, as a collapse
+    log.warning('sweep: %s: training diverged, recorded as such (%s)', cell, error)
+    results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'diverged': str(error),
+               'kept_weights': None, 'weight_sparsity': None}
   finally:
     seconds = time.perf_counter() - start
     if jax.process_index() == 0 and cell_dir.is_dir():

@@ -43,7 +43,7 @@ COLOURS: dict[str, str] = {  # one per criterion, fixed: the same criterion has 
 SPARE_COLOURS = ('#637939', '#843c39', '#e6550d', '#3182bd', '#31a354', '#756bb1', '#8c6d31', '#de9ed6')
 ZOOM_AT_MOST = 0.5  # the zoomed panel is drawn when its y span is at most this fraction of the full panel's
 MARGIN = 0.05  # of a panel's y span, above and below
-COLLAPSED = 'a seed collapsed (counted at chance)'
+COLLAPSED = 'a seed collapsed or diverged (counted at chance)'
 
 
 def colour(criterion: str) -> str:
@@ -121,7 +121,8 @@ def _draw(ax: Axes, summaries: dict[tuple[str, float], Summary], grid: Grid, cha
       ax.plot(x, mean, **style)
       ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
                       color=style['color'], alpha=0.2, linewidth=0)
-    collapsed = [(xi, summary.mean) for xi, (_, summary) in zip(x, points) if summary.collapsed]
+    collapsed = [(xi, summary.mean) for xi, (_, summary) in zip(x, points)
+                 if summary.collapsed or summary.diverged]
     if collapsed:
       ax.scatter(*zip(*collapsed), marker='x', s=45, color='black', zorder=5, gid=COLLAPSED,
                  label='_nolegend_' if crossed else COLLAPSED)

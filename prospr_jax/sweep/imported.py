@@ -85,17 +85,17 @@ def check_row(row: Any, number: int, rows_path: pathlib.Path) -> Cell:
   accuracies = {key: row[key] for key in ('top1', 'top5')}
   fractions = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
                   for v in accuracies.values())
-  if not (fractions or (row.get('collapsed') and all(v is None for v in accuracies.values()))):
+  if not (fractions or (cells_lib.at_chance(row) and all(v is None for v in accuracies.values()))):
     raise ResultsImportError(f'{where} ({cell}) has top1 {row["top1"]!r} and top5 {row["top5"]!r}: accuracies are '
-                             'fractions in [0, 1] (null only for a collapsed cell); fix or remove that row')
+                             'fractions in [0, 1] (null only for a collapsed or diverged cell); fix or remove that row')
   return cell
 
 
 def _results_record(cell: Cell, row: dict[str, Any], source: str) -> dict[str, Any]:
   """The ``results.json`` from which ``cells.cell_row`` rebuilds ``row``."""
-  if row.get('collapsed'):
-    return {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': row['collapsed'],
-            'kept_weights': None, 'weight_sparsity': None, IMPORTED_FROM: source}
+  if outcome := cells_lib.at_chance(row):
+    return {'criterion': cell.criterion, 'sparsity': cell.sparsity, **outcome, 'kept_weights': None,
+            'weight_sparsity': None, IMPORTED_FROM: source}
   final = {'eval_top1': row['top1'], 'eval_top5': row['top5']}
   return {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'weight_sparsity': row['weight_sparsity'],
           'kept_weights': row['kept_weights'], DENSE if cell.is_dense else 'pruned': final, IMPORTED_FROM: source}

@@ -27,11 +27,12 @@ MISSING = '—'
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-  """Top-1 in % over the finished seeds of one criterion x sparsity; a collapsed seed counts at chance accuracy."""
+  """Top-1 in % over the finished seeds of one criterion x sparsity; a collapsed or diverged seed counts at chance."""
   mean: float
   std: float | None  # sample std (ddof = 1); None for one seed
-  n: int  # seeds in the mean, the collapsed ones included
-  collapsed: int = 0  # of them, seeds where the criterion emptied a layer (layer collapse: counted at chance)
+  n: int  # seeds in the mean, the collapsed and diverged ones included
+  collapsed: int = 0  # of them, seeds whose mask left no path from input to output (layer collapse: at chance)
+  diverged: int = 0  # of them, seeds whose training loss became NaN or infinite (at chance)
 
 
 def chance_top1(config: dict[str, Any]) -> float:
@@ -40,17 +41,18 @@ def chance_top1(config: dict[str, Any]) -> float:
 
 
 def summarize(rows: Iterable[dict[str, Any]], chance: float) -> dict[tuple[str, float], Summary]:
-  """``{(criterion, sparsity): Summary}`` of top-1 over seeds, a collapsed seed at ``chance`` (%); the dense network
-  is ``('dense', 0.0)``."""
+  """``{(criterion, sparsity): Summary}`` of top-1 over seeds, a collapsed or diverged seed at ``chance`` (%); the
+  dense network is ``('dense', 0.0)``."""
   groups: dict[tuple[str, float], list[float]] = {}
-  collapsed: dict[tuple[str, float], int] = {}
+  counts: dict[tuple[tuple[str, float], str], int] = {}
   for row in rows:
     key = (row['criterion'], row['sparsity'])
-    if row.get('collapsed'):
-      collapsed[key] = collapsed.get(key, 0) + 1
-    groups.setdefault(key, []).append(chance if row.get('collapsed') else 100.0 * row['top1'])
+    outcomes = [outcome for outcome in ('collapsed', 'diverged') if row.get(outcome)]
+    for outcome in outcomes:
+      counts[key, outcome] = counts.get((key, outcome), 0) + 1
+    groups.setdefault(key, []).append(chance if outcomes else 100.0 * row['top1'])
   return {key: Summary(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values),
-                       collapsed.get(key, 0))
+                       counts.get((key, 'collapsed'), 0), counts.get((key, 'diverged'), 0))
           for key, values in groups.items()}
 
 
@@ -75,7 +77,8 @@ def format_summary(summary: Summary | None) -> str:
     return MISSING
   spread = '' if summary.std is None else f' ± {summary.std:.2f}'
   collapse = f', {summary.collapsed} collapsed' if summary.collapsed else ''
-  return f'{summary.mean:.2f}{spread} (n={summary.n}{collapse})'
+  diverged = f', {summary.diverged} diverged' if summary.diverged else ''
+  return f'{summary.mean:.2f}{spread} (n={summary.n}{collapse}{diverged})'
 
 
 def _paper(config: dict[str, Any], criterion: str, sparsity: float) -> tuple[float, float] | None:
@@ -127,7 +130,8 @@ def table_markdown(summaries: dict[tuple[str, float], Summary], grid: Grid, conf
            + ('; [paper: mean ± std] from its appendix B' if paper else '')
            + '. "k collapsed": in k of the n seeds the mask emptied layers on every path from the input to the output '
            '(layer collapse), so the network outputs a constant: those seeds count at chance accuracy '
-           f'({chance_top1(config):.2f}%) in the mean and std.'
+           f'({chance_top1(config):.2f}%) in the mean and std; "k diverged": in k seeds the training loss became NaN or '
+           'infinite, counted at chance alike.'
            + _references_note(grid) + note,
            '',
            '| Sparsity (%) | ' + ' | '.join(sparsity_labels(grid.sparsities)) + ' |',
@@ -148,10 +152,10 @@ def _number(value: float | None) -> str:
 
 
 def table_csv(summaries: dict[tuple[str, float], Summary], grid: Grid, config: dict[str, Any]) -> str:
-  """The markdown table in numbers: per sparsity label, ``mean``, ``std``, ``n``, ``collapsed`` (of the n, counted at
-  chance in the mean and std) and the paper's mean and std where it has them."""
+  """The markdown table in numbers: per sparsity label, ``mean``, ``std``, ``n``, ``collapsed`` and ``diverged`` (of
+  the n, counted at chance in the mean and std) and the paper's mean and std where it has them."""
   paper = _has_paper_numbers(config)
-  fields = ('mean', 'std', 'n', 'collapsed') + (('paper mean', 'paper std') if paper else ())
+  fields = ('mean', 'std', 'n', 'collapsed', 'diverged') + (('paper mean', 'paper std') if paper else ())
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator='\n')
   labels = sparsity_labels(grid.sparsities)
@@ -161,7 +165,7 @@ def table_csv(summaries: dict[tuple[str, float], Summary], grid: Grid, config: d
     for sparsity in grid.sparsities:
       summary = lookup(summaries, criterion, sparsity)
       row += [_number(summary and summary.mean), _number(summary and summary.std), summary.n if summary else 0,
-              summary.collapsed if summary else 0]
+              summary.collapsed if summary else 0, summary.diverged if summary else 0]
       if paper:
         theirs = _paper(config, criterion, sparsity)
         row += [_number(theirs and theirs[0]), _number(theirs and theirs[1])]
