@@ -68,6 +68,9 @@ def main(argv):
   recipe, running = Recipe.of(config), Running.of(config)
   mask = jax.tree.map(lambda _: None, setup.variables['params'])
   steps_per_epoch, (_, _, train_step, eval_step) = train_loop.recipe_steps(recipe, setup)
+  if bad := [k for k in map(int, _RESIDENT.value) if not 1 <= k <= steps_per_epoch]:
+    raise app.UsageError(f'--resident={",".join(map(str, bad))}: steps per dispatch are 1 to {steps_per_epoch} (an '
+                         'epoch)')
   state = train_loop.initial_state(recipe, running.seed, setup, mask)
   batch_size = recipe.batch_size
   loader = iter(data.train_loader(setup.info, setup.train_source, global_batch_size=batch_size,
@@ -95,8 +98,14 @@ def main(argv):
       state, metrics = train_step(state, sharding.global_batch(next(loader), setup.mesh))
     jax.block_until_ready(metrics)
 
-  rates = {'input pipeline alone': _rate(input_only, batch_size), 'train step alone': _rate(step_only, batch_size),
-           'input + train step': _rate(together, batch_size)}
+  print(f'{"what":<36} {"images/s":>10} {"s/epoch":>8}', flush=True)
+
+  def report(name, rate):  # each row as soon as it is measured: a run cut short keeps what it measured
+    print(f'{name:<36} {rate:>10.0f} {steps_per_epoch * batch_size / rate:>8.2f}', flush=True)
+
+  for name, fn in (('input pipeline alone', input_only), ('train step alone', step_only),
+                   ('input + train step', together)):
+    report(name, _rate(fn, batch_size))
   if _RESIDENT.value:
     _, optimizer, _, _ = train_loop.recipe_steps(recipe, setup)[1]
     spec = resident.layout(setup.info, setup.train_source, batch_size, steps_per_epoch, train=True)
@@ -112,10 +121,7 @@ def main(argv):
           state, metrics = chunk(state, arrays, order, key, np.int32(i * k % (steps_per_epoch - k + 1)), length=k)
         jax.block_until_ready(metrics)
         return -(-n // k) * k
-      rates[f'device-resident, {k} steps/dispatch'] = _rate(chunks, batch_size)
-  print(f'{"what":<36} {"images/s":>10} {"s/epoch":>8}')
-  for name, rate in rates.items():
-    print(f'{name:<36} {rate:>10.0f} {steps_per_epoch * batch_size / rate:>8.2f}', flush=True)
+      report(f'device-resident, {k} steps/dispatch', _rate(chunks, batch_size))
 
   eval_batch = next(data.eval_batches(setup.info, setup.eval_source, global_batch_size=recipe.eval_batch_size))
   compile_eval = _seconds(lambda: eval_step.lower(state, sharding.global_batch(eval_batch, setup.mesh)).compile())
