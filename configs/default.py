@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.worker_count = 0       # grain worker processes per host
   config.checkpoint_every_steps = 0  # also checkpoint mid-epoch (0: only at the end of each epoch)
   config.data_on_device = False  # hold an in-memory set on the device, shuffle and augment there (another data order)
-  config.steps_per_dispatch = 1  # data_on_device: train steps per dispatch (a scan); the same numbers for any value
+  config.steps_per_dispatch = 1  # data_on_device: train steps per dispatch (a scan); CPU: bit-identical for any value
   config.compare_dense = True   # also train the dense network and print both
   config.deterministic = False  # deterministic GPU kernels (XLA's --xla_gpu_deterministic_ops): slower, reproducible
   config.mask_path = ''         # train.py: train with this mask.npz instead of dense

@@ -168,6 +168,8 @@ def test_a_set_with_host_only_augmentation_is_refused_on_the_device(tmp_path):
   assert not resident.unsupported(DIGITS) and not resident.unsupported(data.get_dataset_info('cifar10'))
   config = resident_config(dataset='imagenet2012', batch_size=2, eval_batch_size=2,
                            **{'prune.batch_size': 2})
+  with pytest.raises(validation.ConfigError, match='cannot hold imagenet2012 on the device.*data_on_device=False'):
+    validation.validate_config(config)  # before anything loads or compiles
   with tfds.testing.mock_data(num_examples=4), pytest.raises(validation.ConfigError, match='data_on_device=False'):
     experiment.train_and_evaluate(config, tmp_path)
 
@@ -179,3 +181,30 @@ def test_cifar_from_tfds_trains_on_the_device_with_crop_and_flip(tmp_path):
   with tfds.testing.mock_data(num_examples=16):
     result = experiment.train_and_evaluate(config, tmp_path)
   assert result['step'] == 2 and np.isfinite(result['train_loss'])
+
+
+def test_a_pruned_network_trains_alike_at_one_and_four_steps_per_dispatch_and_its_pruned_weights_stay_zero():
+  config = resident_config(steps_per_dispatch=4)
+  setup, recipe = make_setup(config), Recipe.of(config)
+  rng = np.random.default_rng(0)
+  mask = jax.tree.map(lambda p: rng.random(p.shape) > 0.9 if p.ndim > 1 else None, setup.variables['params'])
+  steps_per_epoch, compiled = train_loop.recipe_steps(recipe, setup)
+
+  def one_epoch(k):
+    state = train_loop.initial_state(recipe, 0, setup, mask)
+    feed = dispatch.make(recipe, Running.of(resident_config(steps_per_dispatch=k)), setup, steps_per_epoch, compiled,
+                         0)
+    step, losses = 0, []
+    while step < steps_per_epoch:
+      state, metrics, ran = feed.advance(state, step, steps_per_epoch)
+      step += ran
+      losses.append(np.atleast_1d(np.asarray(metrics['loss'])))
+    return state, np.concatenate(losses), feed.evaluate(state)
+
+  (one, one_losses, one_eval), (four, four_losses, four_eval) = one_epoch(1), one_epoch(4)
+  assert np.array_equal(one_losses, four_losses) and one_eval == four_eval
+  for a, b in zip(jax.tree.leaves((one.params, one.batch_stats)), jax.tree.leaves((four.params, four.batch_stats))):
+    np.testing.assert_array_equal(a, b)
+  pruned = jax.tree.leaves(jax.tree.map(lambda m, p: None if m is None else np.asarray(p)[~np.asarray(m)], mask,
+                                        four.params, is_leaf=lambda x: x is None))
+  assert all(np.all(weights == 0.0) for weights in pruned) and int(four.step) == steps_per_epoch

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from prospr_jax import data
 from prospr_jax.data import resident
-from prospr_jax.harness import seeds, train_steps, validation
+from prospr_jax.harness import seeds, train_steps
 from prospr_jax.harness.records import Recipe, Running
 from prospr_jax.harness.setup import Setup
 from prospr_jax.runtime import sharding
@@ -76,10 +76,6 @@ def compiled_resident(model: nn.Module, optimizer: optax.GradientTransformation,
 
 def _resident(recipe: Recipe, running: Running, setup: Setup, steps_per_epoch: int,
               optimizer: optax.GradientTransformation) -> Dispatch:
-  why = resident.unsupported(setup.info)
-  if why:
-    raise validation.ConfigError(f'config.data_on_device=True cannot hold {setup.info.name} on the device: {why}. '
-                                 'Set config.data_on_device=False')
   train_spec = resident.layout(setup.info, setup.train_source, recipe.batch_size, steps_per_epoch, train=True)
   eval_spec = resident.layout(setup.info, setup.eval_source, recipe.eval_batch_size, 0, train=False)
   epoch_order, chunk, evaluation = compiled_resident(setup.model, optimizer, train_spec, eval_spec, setup.mesh)

@@ -160,9 +160,10 @@ def train(recipe: Recipe, running: Running, setup: Setup, mask: ArrayTree, workd
         for reached in range(step - ran + 1, step + 1):
           faults.point('training', reached)
         if step % steps_per_epoch == 0:
+          trained = epoch.means()  # waits for the epoch's last steps: the rate below counts training, not evaluation
+          images_per_second = epoch.steps() * recipe.batch_size / epoch.seconds()
           row = {'epoch': step // steps_per_epoch, 'step': step, 'learning_rate': float(schedule(step - 1)),
-                 **epoch.means(), **feed.evaluate(state),
-                 'images_per_second': epoch.steps() * recipe.batch_size / epoch.seconds()}
+                 **trained, **feed.evaluate(state), 'images_per_second': images_per_second}
           metrics.write(row)  # on disk (TensorBoard too) before its checkpoint commits
           progress.set_postfix(loss=f'{row["train_loss"]:.3f}', top1=f'{row["eval_top1"]:.2%}',
                                img_s=f'{row["images_per_second"]:.0f}')
