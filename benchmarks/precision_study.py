@@ -32,10 +32,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from prospr_jax import mask_files
+from prospr_jax import mask_files  # noqa: E402
+from prospr_jax.sweep import table  # noqa: E402
 from prospr_jax.sweep.grid import Cell  # noqa: E402
 
 CONFIG = 'configs/fashion_mnist_resnet20_half.py:4'
+CHANCE = 10.0  # Fashion-MNIST's 10 classes: a network that outputs a constant
 SPARSITIES = (0.9, 0.981986)
 VARIANTS = {  # scoring -> (config overrides, criteria scored that way)
     'float64': (['--config.prune.precision=float64'], ('prospr', 'snip')),
@@ -88,7 +90,7 @@ def finished(variant: str, criterion: str, sparsity: float, seed: int) -> dict |
   results = json.loads(path.read_text())
   final = results.get('dense' if criterion == 'dense' else 'pruned') or {}
   return {'variant': variant, 'criterion': criterion, 'sparsity': sparsity, 'seed': seed,
-          'top1': final.get('eval_top1'), 'collapsed': results.get('collapsed'),
+          'top1': final.get('eval_top1'), 'collapsed': results.get('collapsed'), 'diverged': results.get('diverged'),
           'weight_sparsity': results.get('weight_sparsity')}
 
 
@@ -115,11 +117,10 @@ def densities(variant: str, criterion: str, sparsity: float, seed: int) -> dict[
   return None if mask is None else {name: float(np.mean(m)) for name, m in mask.items()}
 
 
-def mean_std(values: list[float]) -> str:
-  if not values:
-    return '—'
-  spread = f' ± {statistics.stdev(values):.2f}' if len(values) > 1 else ''
-  return f'{statistics.fmean(values):.2f}{spread} (n={len(values)})'
+def mean_std(rows: list[dict]) -> str:
+  """The sweep's ``mean ± std (n=3)`` of the rows' top-1, a collapsed or diverged seed at chance and said so."""
+  summary = table.summarize([dict(r, criterion='-', sparsity=0.0) for r in rows], CHANCE).get(('-', 0.0))
+  return table.format_summary(summary)
 
 
 def density_table(rows: list[dict], sparsity: float) -> list[str]:
@@ -154,23 +155,21 @@ def report() -> None:
         row['layer_density'] = densities(variant, criterion, sparsity, seed)
       rows.append(row)
   (out / 'rows.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
-  chance = 10.0
-  top1 = lambda r: chance if r['collapsed'] else 100 * r['top1']
   lines = ['Top-1 (%) after 4 epochs, mean ± std over seeds (a collapsed seed counts at chance, 10%), by how the mask '
            'was scored; overlap: the fraction of the kept weights two scorings share (mean over seeds; its smallest '
            'layer in brackets).', '',
            '| criterion | sparsity | (a) float64 | (b) float32 lax | (c) float32 auto | overlap a/b | overlap a/c | '
            'overlap b/c |', '|---|---|---|---|---|---|---|---|']
   for criterion, sparsity in [(c, s) for c in ('prospr', 'snip') for s in SPARSITIES]:
-    cells_ = [mean_std([top1(r) for r in rows if (r['variant'], r['criterion'], r['sparsity']) ==
-                        (v, criterion, sparsity)]) for v in VARIANTS]
+    cells_ = [mean_std([r for r in rows if (r['variant'], r['criterion'], r['sparsity']) == (v, criterion, sparsity)])
+              for v in VARIANTS]
     pairs = []
     for pair in (f'{a} / {b}' for a, b in PAIRS):
       found = [o[pair] for s in range(_SEEDS.value) if (o := overlaps(criterion, sparsity, s)) and pair in o]
       pairs.append('—' if not found else f'{100 * statistics.fmean(f["total"] for f in found):.1f}% '
                    f'({100 * min(f["smallest_layer"] for f in found):.0f}%)')
     lines.append(f'| {criterion} | {100 * sparsity:.1f}% | ' + ' | '.join(cells_) + ' | ' + ' | '.join(pairs) + ' |')
-  dense = [top1(r) for r in rows if r['criterion'] == 'dense']
+  dense = [r for r in rows if r['criterion'] == 'dense']
   lines += ['', f'Dense: {mean_std(dense)}.', '', *density_table(rows, SPARSITIES[0])]
   (out / 'table.md').write_text('\n'.join(lines) + '\n')
   print('\n'.join(lines))

@@ -9,16 +9,18 @@ rerun continues), then writes one table: variant x sparsity, top-1 mean +- std o
 
 from __future__ import annotations
 
-import collections
 import json
 import pathlib
 import subprocess
 import sys
 
-import numpy as np
 from absl import app, flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from prospr_jax.sweep import table  # noqa: E402
+
 VARIANTS = {  # name -> overrides of the config's prune settings (the config's own values are the baseline)
     'M=3 (baseline)': [],
     'M=0 (SNIP)': ['--config.prune.num_steps=0'],
@@ -55,19 +57,15 @@ def main(argv):
     if path.exists():
       rows += [dict(json.loads(line), variant=name) for line in path.read_text().splitlines()
                if json.loads(line)['criterion'] == 'prospr']
-  cells = collections.defaultdict(list)
-  for row in rows:
-    cells[row['variant'], row['sparsity']].append(row['top1'])
+  # the sweep's statistics, a variant in place of a criterion: a collapsed or diverged seed counts at chance, and says so
+  recorded = json.loads((root / folder(next(iter(VARIANTS))) / 'sweep.json').read_text()) if rows else None
+  chance = table.chance_top1(recorded['base_config']) if recorded else 10.0
+  summaries = table.summarize([dict(row, criterion=row['variant']) for row in rows], chance)
   sparsities = sorted({row['sparsity'] for row in rows})
   lines = ['| variant | ' + ' | '.join(f'{100 * s:.1f}%' for s in sparsities) + ' |',
            '|---|' + '---|' * len(sparsities)]
   for name in VARIANTS:
-    values = []
-    for s in sparsities:
-      top1 = cells.get((name, s), [])
-      values.append(f'{100 * np.mean(top1):.2f} +- {100 * np.std(top1, ddof=1) if len(top1) > 1 else 0:.2f} '
-                    f'(n={len(top1)})' if top1 else '')
-    lines.append(f'| {name} | ' + ' | '.join(values) + ' |')
+    lines.append(f'| {name} | ' + ' | '.join(table.format_summary(summaries.get((name, s))) for s in sparsities) + ' |')
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   stem = f'prospr_ablation_{pathlib.Path(_CONFIG.value).stem}'
