@@ -35,10 +35,10 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class VGG16(nn.Module):
   """``VGG(depth=16)``: 3x3 convs with bias, BatchNorm, ReLU, four 2x2 max-pools, global average pool, one Linear."""
 
-  def __init__(self, num_classes: int = 10):
+  def __init__(self, num_classes: int = 10, in_channels: int = 3):
     super().__init__()
     widths = [w for w in VGG16_STACK if w != 'M']
-    self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1) for i, o in zip([3, *widths], widths))
+    self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1) for i, o in zip([in_channels, *widths], widths))
     self.norms = nn.ModuleList(nn.BatchNorm2d(w, momentum=0.1) for w in widths)  # flax momentum 0.9
     self.fc = nn.Linear(widths[-1], num_classes)
 
@@ -80,9 +80,9 @@ class OptionABlock(nn.Module):
 class ResNet20(nn.Module):
   """``ResNet20``: a 3x3 stem, 3 stages of 3 option-A blocks (16/32/64 channels), global average pool, Linear."""
 
-  def __init__(self, num_classes: int = 10):
+  def __init__(self, num_classes: int = 10, in_channels: int = 3):
     super().__init__()
-    self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    self.conv = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
     self.bn = nn.BatchNorm2d(16, momentum=0.1)
     ins = [16, 16, 16, 16, 32, 32, 32, 64, 64]
     self.blocks = nn.ModuleList(OptionABlock(cin, 16 * 2**(b // 3), 2 if b in (3, 6) else 1)
@@ -107,11 +107,11 @@ class ResNet20(nn.Module):
 MODELS = {'vgg16': VGG16, 'resnet20': ResNet20}
 
 
-def build(name: str, num_classes: int = 10) -> nn.Module:
+def build(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
   """The torch twin of ``prospr_jax.models.get_model(name)``, in train mode, with torch's default init."""
   if name not in MODELS:
     raise ValueError(f'no torch reference for {name!r}; valid: {", ".join(MODELS)}')
-  return MODELS[name](num_classes).train()
+  return MODELS[name](num_classes, in_channels).train()
 
 
 def _lookup(tree, path):
