@@ -22,7 +22,8 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 on_device=(--config.data_dir="$data" --config.data_on_device=True --config.steps_per_dispatch=52)
-budget=$($py -c "import sys; print(max(0.0, float(sys.argv[1])))" "$minutes") || { echo "bad SWEEP_MINUTES $minutes"; exit 2; }
+budget=$($py -c "import sys; print(max(0.0, float(sys.argv[1])))" "$minutes") || {
+  echo "bad SWEEP_MINUTES $minutes"; exit 2; }
 start=$SECONDS
 
 run_for() {  # run_for SECONDS COMMAND...: at most SECONDS, never past the deadline less 30 s for the copies
@@ -56,7 +57,7 @@ echo "one cell, device-resident: exit code $?, $((SECONDS - cell_start)) s wall 
   | tee -a "$out/one_cell.log"
 
 grid() {  # grid MODEL SHARE: resume the committed rows, run what is missing within SHARE of the time left, aggregate
-  local name="fashion_mnist_$1_gpu" imported=() left=$(( total - 30 - (SECONDS - start) ))
+  local name="fashion_mnist_$1_gpu" imported=() left=$(( total - 30 - 75 - (SECONDS - start) ))  # 75 s: aggregate
   local seconds=$(( left * $2 / 100 ))
   [ -f "results/$name/results.jsonl" ] && imported=(--import_results="results/$name")
   # cells start until the budget (or the share, less a cell's time) is spent; the last ones are cut by the timeout

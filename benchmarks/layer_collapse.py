@@ -3,7 +3,8 @@
 For a config (the model, data, seed and pruning batches every cell of that config scores with) and a list of
 scoring variants (config.prune overrides, or another criterion), it scores the initial network once per variant and
 seed exactly as ``prune.py`` does (``harness.pruning.compute_scores``), then counts, at each sparsity, how many
-weights the global top-k keeps in every layer: an emptied layer is a layer collapse, the network's output a constant.
+weights the global top-k keeps in every layer, and which layers it empties (``harness/connectivity.py`` tells
+whether a path from input to output is left).
 It also reports each layer's share of the total score. Scores are cached per variant and seed in ``--workdir`` (a
 rerun continues); rows go to ``--out``/rows.jsonl and a table to ``--out``/table.md.
 

@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
       compact=True,             # structured: train the compact (narrower) network, not the masked one
       structured_target='channels',  # structured: sparsity counts channels, or 'weights' (the kept channels' weights)
       streamed=False,           # first-order ProsPr over a stream of batches (long inner loops)
-      keep_one_per_layer=False,  # True: never empty a layer; False: refuse a mask leaving no input-output path
+      keep_one_per_layer=False,  # True: never empty a layer; False: refuse a mask that cuts input from output
       rounds=0,                 # iterative criteria (synflow, iterative_snip, force): 0 = their default
       grasp_temperature=200.0,  # GraSP divides logits by this (the authors' value)
       precision='float32',      # scoring arithmetic: float32, float64 (CPU: a reproducible mask) or highest (GPU/TPU)

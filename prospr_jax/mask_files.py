@@ -83,3 +83,14 @@ def load_masks(path: str | os.PathLike[str], params: ArrayTree, *, template: Arr
           wrong and 'wrong shape ' + ', '.join(f'{n} {got[n]} (want {wanted[n]})' for n in wrong)) if part)
       raise ValueError(f'mask file {path} does not fit this model: {details}')
   return jax.tree.map(jnp.asarray, masks)
+
+
+def checksum(masks: ArrayTree) -> np.ndarray:
+  """Per layer: the kept count and a position-weighted sum of the kept entries (int64): equal on every process
+  that computed the same mask."""
+  rows = []
+  for _, m in named_leaves(masks):
+    flat = np.asarray(m).ravel()
+    kept = np.flatnonzero(flat).astype(np.int64)
+    rows.append([kept.size, int(np.sum((kept * 2654435761) % 1_000_000_007))])
+  return np.asarray(rows, np.int64)

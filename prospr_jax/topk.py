@@ -21,7 +21,7 @@ from prospr_jax.masks import check_same_structure, is_none, named_leaves
 
 
 class LayerCollapseError(ValueError):
-  """A mask would remove every weight of a layer, disconnecting the network (layer collapse).
+  """A mask would remove every weight of a layer: in a chain of layers, no path from input to output (layer collapse).
 
   ``emptied`` names those layers; ``mask`` is the refused mask, for a caller that can tell whether another path (a
   residual shortcut) bypasses them (``harness/connectivity.py``).

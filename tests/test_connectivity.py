@@ -1,12 +1,14 @@
 """Layer collapse is a network with no path from its input to its output, not any emptied layer: a residual
 network whose emptied convolution a shortcut bypasses still computes, trains, and is measured."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from prospr_jax import masks as masks_lib, topk
-from prospr_jax.harness import connectivity, pruning
+from prospr_jax.harness import connectivity, pruning, reports
 from prospr_jax.harness.records import PruneSpec
 from prospr_jax.models import get_model, init_variables
 
@@ -45,7 +47,7 @@ def resnet():
   return network('resnet20', width=4)
 
 
-def test_a_resnet_whose_emptied_branch_convolution_a_shortcut_bypasses_still_depends_on_its_input(resnet):
+def test_a_resnet_whose_emptied_branch_convolution_a_shortcut_bypasses_still_depends_on_its_input(resnet, tmp_path):
   model, variables = resnet
   layers = ['OptionABlock_7/Conv_1', 'OptionABlock_8/Conv_0']
   scores = ones_except(variables['params'], *layers)
@@ -58,6 +60,9 @@ def test_a_resnet_whose_emptied_branch_convolution_a_shortcut_bypasses_still_dep
   kept = dict(masks_lib.named_leaves(masks))
   assert [name for name, m in kept.items() if not np.any(m)] == [f'{layer}/kernel' for layer in layers]
   assert all(np.all(m) for name, m in kept.items() if name.split('/kernel')[0] not in layers)
+  report, weights = reports.mask_reports(model, variables['params'], masks, False)  # pruning.json names them
+  pruning.write_mask_artifacts(tmp_path, masks, report, spec(sparsity), 'resnet20 on digits', 1.0, scores, weights)
+  assert json.loads((tmp_path / 'pruning.json').read_text())['emptied_layers'] == [f'{l}/kernel' for l in layers]
 
 
 def test_emptying_the_stem_or_the_classifier_of_a_resnet_is_layer_collapse(resnet):
@@ -83,3 +88,22 @@ def test_an_emptied_layer_of_a_chain_is_layer_collapse():
 def test_an_intact_network_depends_on_its_input(resnet):
   model, variables = resnet
   assert connectivity.output_depends_on_input(model, variables, masks_lib.all_ones_mask(variables['params']), INPUT)
+
+
+def test_a_path_that_eval_mode_initial_statistics_would_leave_dead_still_counts(resnet):
+  """BatchNorm with its initial running statistics passes a negative pre-activation on as negative for every input, so
+  an eval-mode check would call this network collapsed; in train mode (as it trains) the channel is centred and live."""
+  model, variables = resnet
+  params = jax.tree.map(np.array, variables['params'])
+  masks = jax.tree.map(np.array, masks_lib.all_ones_mask(params))
+  for block in ('OptionABlock_7', 'OptionABlock_8'):  # the last stage's convolutions emptied (bypassed)
+    for conv in ('Conv_0', 'Conv_1'):
+      masks[block][conv]['kernel'][:] = False
+  kernel = masks['OptionABlock_6']['Conv_1']['kernel']  # channel 0 of the stream: one weight left, negative
+  kernel[..., 0] = False
+  kernel[1, 1, 0, 0] = True
+  weights = params['OptionABlock_6']['Conv_1']['kernel']
+  weights[1, 1, 0, 0] = -abs(weights[1, 1, 0, 0])
+  masks['Dense_0']['kernel'][:] = False  # the classifier reads channel 0 only
+  masks['Dense_0']['kernel'][0, :] = True
+  assert connectivity.output_depends_on_input(model, {**variables, 'params': params}, masks, INPUT)

@@ -621,3 +621,24 @@ def test_labels_outside_the_classes_are_blamed_on_the_data_and_raw_uint8_images_
     prospr_jax.prospr_saliency(params, (x * np.nan, y), loss_fn=loss_fn)
   with pytest.raises(ValueError, match=r'the inputs are uint8 \(raw pixels\?\): convert them to floats'):
     prospr_jax.prospr_saliency(params, (x.astype(jnp.uint8), y), loss_fn=loss_fn)
+
+
+def test_a_rows_emptied_layers_and_environment_survive_aggregation_and_import(tmp_path):
+  """What a results row says of how it was computed (the layers its mask emptied, where it ran) is kept when the
+  row moves to another machine with --import_results."""
+  from prospr_jax import files, sweep
+  from prospr_jax.sweep import cells as cells_lib
+  config, grid = recorded_sweep(tmp_path / 'here')
+  gpu = {'jax': '0.12.1', 'jaxlib': '0.12.1', 'backend': 'gpu', 'device': 'NVIDIA H100 80GB HBM3'}
+  for cell in grid.cells():
+    write_finished_cell(tmp_path / 'here', cell, sweep.cell_config(config, cell))
+    files.write_json(cell.directory(tmp_path / 'here') / cells_lib.CELL_FILE, {'seconds': 3.0, 'ran_on': [gpu]})
+  pruned = sweep.Cell('magnitude', 0.5, 0).directory(tmp_path / 'here')
+  files.write_json(pruned / 'pruning.json', {'seconds': 1.0, 'emptied_layers': ['OptionABlock_7/Conv_1/kernel']})
+  sweep.aggregate(tmp_path / 'here', with_figure=False)
+  assert sweep.import_results(config, grid, tmp_path / 'here', tmp_path / 'there').imported == 2
+  sweep.aggregate(tmp_path / 'there', with_figure=False)
+  rows = {r['criterion']: r for r in (json.loads(line) for line in
+                                      (tmp_path / 'there' / 'results.jsonl').read_text().splitlines())}
+  assert rows['magnitude']['emptied_layers'] == ['OptionABlock_7/Conv_1/kernel'] and 'emptied_layers' not in rows['dense']
+  assert rows['magnitude']['ran_on'] == rows['dense']['ran_on'] == [gpu]

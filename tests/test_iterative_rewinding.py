@@ -173,7 +173,10 @@ def test_a_round_whose_round_before_is_missing_or_collapsed_says_so_in_one_line(
     iterative_rewinding.previous_round(base_config(), setup, tmp_path)
   assert '\n' not in str(missing.value) and f'missing from {tmp_path} (an imported row keeps none)' in str(missing.value)
   (tmp_path / 'results.json').write_text(json.dumps({'collapsed': 'Dense_0 emptied'}))
-  with pytest.raises(topk.LayerCollapseError, match='the round before, .*, emptied a layer: Dense_0 emptied'):
+  with pytest.raises(topk.LayerCollapseError, match='the round before, .*, collapsed: Dense_0 emptied'):
+    iterative_rewinding.previous_round(base_config(), setup, tmp_path)
+  (tmp_path / 'results.json').write_text(json.dumps({'diverged': 'training diverged: NaN at step 3'}))
+  with pytest.raises(train_loop.TrainingDiverged, match='the round before, .*, diverged: training diverged'):
     iterative_rewinding.previous_round(base_config(), setup, tmp_path)
 
 

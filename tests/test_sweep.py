@@ -333,15 +333,18 @@ def test_a_cell_whose_training_diverges_is_recorded_as_such_and_the_sweep_goes_o
   the sweep or leaves its seed out of the means."""
   config = base_config()
   config.learning_rate = 1e12
-  outcome = sweep.run_sweep(config, 'magnitude', '0.5', 1, tmp_path)
+  criteria = 'magnitude,magnitude_after_training'  # the reference prunes the dense network, which diverged too
+  outcome = sweep.run_sweep(config, criteria, '0.5', 1, tmp_path)
   assert outcome.remaining == 0
   rows = results_rows(tmp_path)
-  assert [(r['criterion'], r['top1']) for r in rows] == [('dense', None), ('magnitude', None)]
-  assert all(r['diverged'].startswith('training diverged: ') for r in rows), rows
+  assert [(r['criterion'], r['top1']) for r in rows] == [
+      ('dense', None), ('magnitude', None), ('magnitude_after_training', None)]
+  assert all(r['diverged'].startswith('training diverged: ') for r in rows[:2]), rows
+  assert rows[2]['diverged'].startswith('the dense network it prunes') and 'diverged' in rows[2]['diverged']
   assert '| magnitude | 10.00 (n=1, 1 diverged) |' in (tmp_path / 'table.md').read_text()
-  assert sweep.run_sweep(config, 'magnitude', '0.5', 1, tmp_path).ran == 0  # finished, not retried
-  grid = sweep.make_grid('magnitude', '0.5', 1)  # a diverged row is imported as such
-  assert sweep.import_results(config, grid, tmp_path, tmp_path / 'fresh').imported == 2
+  assert sweep.run_sweep(config, criteria, '0.5', 1, tmp_path).ran == 0  # finished, not retried
+  grid = sweep.make_grid(criteria, '0.5', 1)  # a diverged row is imported as such
+  assert sweep.import_results(config, grid, tmp_path, tmp_path / 'fresh').imported == 3
   sweep.aggregate(tmp_path / 'fresh', with_figure=False)
   assert results_rows(tmp_path / 'fresh') == results_rows(tmp_path)
 

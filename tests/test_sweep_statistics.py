@@ -1,4 +1,5 @@
-"""A sweep's statistics: a seed whose mask emptied a layer counts at chance accuracy, in the table and the figure."""
+"""A sweep's statistics: a seed whose mask left no path from input to output, or whose training diverged, counts at
+chance accuracy, in the table and the figure."""
 
 import csv
 import io
@@ -15,7 +16,7 @@ GRID = grid_lib.Grid(('grasp', 'snip'), (0.9, 0.995), 3)
 
 
 def row(criterion, sparsity, seed, top1):
-  """A ``results.jsonl`` row; ``top1=None`` is a seed whose mask emptied a layer."""
+  """A ``results.jsonl`` row; ``top1=None`` is a seed whose mask left no path from input to output (collapsed)."""
   collapsed = {'collapsed': 'magnitude would remove every weight of Dense_0'} if top1 is None else {}
   return {'criterion': criterion, 'sparsity': sparsity, 'seed': seed, 'top1': top1, **collapsed}
 

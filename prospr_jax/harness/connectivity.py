@@ -22,19 +22,23 @@ log = logging.getLogger(__name__)
 
 
 def output_depends_on_input(model, variables: ArrayTree, masks: ArrayTree, input_shape: tuple[int, ...],
-                            batch: int = 4) -> bool:
-  """Whether the masked network's logits (eval mode) change with its input.
+                            batch: int = 8) -> bool:
+  """Whether the masked network's logits change with its input, in train mode (BatchNorm on batch statistics, as
+  the network trains).
 
   The gradient of a random projection of the logits with respect to random inputs: a zero kernel passes back exact
   zeros, so an emptied layer on every path makes it exactly zero for any inputs and any values of the other
-  weights; with a path left it is nonzero (but for a measure-zero accident).
+  weights; with a path left it is nonzero. Train mode matters: BatchNorm centres every channel on the batch, so a
+  kept channel cannot be dead for the whole batch, which it can be at initialization in eval mode (the initial
+  running statistics leave a negative pre-activation negative for every input).
   """
-  apply_fn = losses.flax_apply_fn(model, variables)
+  key_x, key_r, key_dropout = jax.random.split(jax.random.key(0), 3)
+  projected = lambda logits, _: jnp.vdot(logits, jax.random.normal(key_r, logits.shape, logits.dtype))
+  loss_fn = losses.flax_loss_fn(model, variables, loss=projected, rngs={'dropout': key_dropout})
   params = masks_lib.apply_mask(variables['params'], masks)
-  key_x, key_r = jax.random.split(jax.random.key(0))
   inputs = jax.random.normal(key_x, (batch, *input_shape), jnp.float32)
-  projection = jax.random.normal(key_r, jax.eval_shape(apply_fn, params, inputs).shape, jnp.float32)
-  gradient = jax.grad(lambda x: jnp.vdot(apply_fn(params, x), projection))(inputs)
+  labels = jnp.zeros((batch,), jnp.int32)
+  gradient = jax.grad(lambda x: loss_fn(params, (x, labels)))(inputs)
   return bool(jnp.any(gradient != 0))
 
 
@@ -44,7 +48,7 @@ def mask_or_collapse(error: topk.LayerCollapseError, model, variables: ArrayTree
   emptied layer); otherwise ``error`` again, saying that no path is left (layer collapse)."""
   if error.mask is None or not output_depends_on_input(model, variables, error.mask, input_shape):
     raise topk.LayerCollapseError(f'{error} No path from the input to the output is left: the network outputs the '
-                                  'same logits for every input (layer collapse).', error.emptied) from None
+                                  'same logits for every input (layer collapse).', error.emptied, error.mask) from None
   log.warning('The mask removes every weight of %s; a shortcut bypasses %s, so the network still computes with '
               'its input: training it', ', '.join(error.emptied), 'it' if len(error.emptied) == 1 else 'them')
   return error.mask

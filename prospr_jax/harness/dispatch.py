@@ -85,7 +85,10 @@ def _resident(recipe: Recipe, running: Running, setup: Setup, steps_per_epoch: i
   orders = {}  # the current epoch's record order, drawn once per epoch
 
   def advance(state, step, stop):
-    length, epoch = min(running.steps_per_dispatch, stop - step), step // steps_per_epoch
+    # K steps at a time, a shorter remainder (before an epoch's end or a checkpoint) one step at a time: two compiled
+    # programs, K and 1, whatever the alignment (a chunk of each remainder's length would compile one program each)
+    length = running.steps_per_dispatch if stop - step >= running.steps_per_dispatch else 1
+    epoch = step // steps_per_epoch
     if epoch not in orders:
       orders.clear()
       orders[epoch] = epoch_order(key, np.int32(epoch))

@@ -20,8 +20,8 @@ import numpy as np
 from chex import ArrayTree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prospr_jax import ablations, data, distributions, files, losses, mask_files, masks as masks_lib, models, stability, \
-    topk
+from prospr_jax import ablations, data, distributions, files, losses, mask_files, models, stability, topk
+from prospr_jax import masks as masks_lib
 from prospr_jax.channels import scores as channel_scores, target as structured_target
 from prospr_jax.criteria import prospr as prospr_lib, registry
 from prospr_jax.harness import connectivity, plots, reports, seeds
@@ -176,7 +176,7 @@ def prune(config: ml_collections.ConfigDict, model, variables: ArrayTree, info: 
   masks = connected_mask(spec, model, variables, scores, info.input_shape)
   if spec.ablation == 'shuffle':
     masks = ablations.shuffle_within_layers(masks, seeds.shuffle_ablation(scoring.seed))
-  sharding.assert_same_on_every_process(mask_checksum(masks), 'the pruning mask')
+  sharding.assert_same_on_every_process(mask_files.checksum(masks), 'the pruning mask')
   seconds = time.perf_counter() - start
   report, weights = reports.mask_reports(model, variables['params'], masks, spec.structured)
   log.info('Pruned to %.2f%% density in %.1f s:\n%s', 100 * report.density, seconds, report)
@@ -194,7 +194,12 @@ def check_stability(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTr
   second = stability.second_scoring(scoring.precision, jax.default_backend())
   scores = sharding.host_value(compute_scores(scoring.with_settings(precision=second.precision), spec, model, variables,
                                               info, source, mesh, second.input_scale))
-  again = connected_mask(spec, model, variables, scores, info.input_shape)
+  try:
+    again = connected_mask(spec, model, variables, scores, info.input_shape)
+  except topk.LayerCollapseError as error:  # the second scoring's collapse is a difference, not the cell's outcome
+    again = error.mask
+    if again is None:
+      raise
   overlap = {'against': second.label, **stability.kept_overlap(masks, again)}
   if (message := stability.warning(second, overlap['total'])) is not None:
     log.warning(message)
@@ -202,16 +207,6 @@ def check_stability(scoring: Scoring, spec: PruneSpec, model, variables: ArrayTr
     log.info('Stability: scored again (%s), %.2f%% of the kept entries are the same', second.label,
              100 * overlap['total'])
   return overlap
-
-
-def mask_checksum(masks: ArrayTree) -> np.ndarray:
-  """Per layer: the kept count and a position-weighted sum of the kept entries (int64)."""
-  rows = []
-  for _, m in masks_lib.named_leaves(masks):
-    flat = np.asarray(m).ravel()
-    kept = np.flatnonzero(flat).astype(np.int64)
-    rows.append([kept.size, int(np.sum((kept * 2654435761) % 1_000_000_007))])
-  return np.asarray(rows, np.int64)
 
 
 def write_mask_artifacts(workdir: pathlib.Path, masks: ArrayTree, report: SparsityReport, spec: PruneSpec,

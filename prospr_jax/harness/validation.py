@@ -8,8 +8,8 @@ import ml_collections
 
 from prospr_jax import ablations, data, distributions, precision, topk
 from prospr_jax.channels import target as structured_target
-from prospr_jax.data import resident
 from prospr_jax.criteria import registry
+from prospr_jax.data import resident
 from prospr_jax.models import MODELS
 from prospr_jax.runtime import sharding
 from prospr_jax.xla_cpu import conv_impl
@@ -52,7 +52,8 @@ def validate_config(config: ml_collections.ConfigDict, criteria: Collection[str]
        f'config.steps_per_dispatch must be >= 1, got {config.get("steps_per_dispatch", 1)}'),
       (config.get('steps_per_dispatch', 1) == 1 or config.get('data_on_device', False),
        'config.steps_per_dispatch > 1 runs several steps on a device-resident set: set config.data_on_device=True'),
-      (not (held := resident.unsupported(data.get_dataset_info(config.dataset)) if config.get('data_on_device', False) else ''),
+      (not (held := resident.unsupported(data.get_dataset_info(config.dataset))
+                               if config.get('data_on_device', False) else ''),
        f'config.data_on_device=True cannot hold {config.dataset} on the device: {held}. Set '
        'config.data_on_device=False'),
   ]

@@ -34,7 +34,7 @@ import ml_collections
 from chex import ArrayTree
 
 from prospr_jax import files, mask_files, masks as masks_lib, topk
-from prospr_jax.harness import experiment, pruning, reports, train_loop, train_steps, validation
+from prospr_jax.harness import connectivity, experiment, pruning, reports, train_loop, train_steps, validation
 from prospr_jax.harness.records import PruneSpec, Recipe, Running
 from prospr_jax.harness.setup import Setup, make_setup
 from prospr_jax.runtime import checkpointing, workdir as workdir_lib
@@ -132,7 +132,10 @@ def restore_variables(config: ml_collections.ConfigDict, setup: Setup, checkpoin
 
 
 def check_dense_config(config: ml_collections.ConfigDict, dense_dir: pathlib.Path) -> None:
-  """Refuse a dense run trained with another recipe than ``config`` (its criterion and sparsity aside)."""
+  """Refuse a dense run trained with another recipe than ``config`` (its criterion and sparsity aside); one that
+  diverged left no trained network: ``TrainingDiverged``, which a sweep records as the reference's outcome too."""
+  if (done := dense_dir / 'results.json').exists() and (diverged := json.loads(done.read_text()).get('diverged')):
+    raise train_loop.TrainingDiverged(f'the dense network it prunes ({dense_dir}) diverged: {diverged}')
   path = dense_dir / workdir_lib.CONFIG_FILE
   if not path.exists():
     raise MissingDenseRun(f'{dense_dir} holds no trained dense network ({path} is missing): train it first')
@@ -201,7 +204,10 @@ def prune_trained(config: ml_collections.ConfigDict, setup: Setup, trained: Arra
     return mask_files.load_masks(path, setup.variables['params'])
   start = time.perf_counter()
   params = jax.device_get(trained['params'])
-  mask = jax.device_get(mask_of(params))
+  try:
+    mask = jax.device_get(mask_of(params))
+  except topk.LayerCollapseError as error:  # as for a criterion's mask: trained if shortcuts bypass the emptied layers
+    mask = jax.device_get(connectivity.mask_or_collapse(error, setup.model, trained, setup.info.input_shape))
   seconds = time.perf_counter() - start
   report, weights = reports.mask_reports(setup.model, params, mask, False)
   log.info('%s: pruned the trained weights to %.2f%% density in %.2f s:\n%s', config.criterion, 100 * report.density,

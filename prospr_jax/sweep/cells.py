@@ -3,8 +3,8 @@
 A cell is finished when its recorded ``config.json`` is the sweep's cell config
 (up to how it runs) and its ``results.json`` exists: ``prune_and_train`` writes
 it last, and the sweep writes one for the dense cell, and one for a cell whose
-criterion empties a layer (layer collapse: recorded as the cell's result). A dense cell trained by
-``train.py`` (a printed command) has none; it is finished when its
+mask leaves no path from input to output (layer collapse) or whose training diverged (each recorded as the cell's
+result). A dense cell trained by a bare ``train.py`` has none; it is finished when its
 ``metrics.jsonl`` reaches ``num_epochs``. A cell folder holding a run of another
 config is refused (``ForeignCellError``, naming the cell and the fields), except
 one trained for fewer epochs, which the sweep trains on.
@@ -141,7 +141,7 @@ def cell_row(cell: Cell, workdir: pathlib.Path, base: ml_collections.ConfigDict)
   scoring = {'precision': prune.get('precision', 'float32'),  # how the mask was computed: precision, convolution
              'scoring_conv': prune.get('conv_impl') or recorded.get('conv_impl')} if scored else {}
   kept = results.get('kept_weights')
-  if kept is None and cell.is_dense:  # a dense cell trained by its train.py command (--parallel_cells) keeps all
+  if kept is None and cell.is_dense:  # a dense cell trained by a bare train.py keeps all
     kept = prunable_weights(base)
   return {'config_hash': config_hash(cell_dir), 'criterion': cell.criterion, 'sparsity': cell.sparsity,
           'seed': cell.seed, 'kept_weights': kept,
@@ -174,7 +174,7 @@ def finished_dense_directory(cell: Cell, workdir: pathlib.Path, base: ml_collect
     raise after_training.MissingDenseRun(
         f'{cell} prunes the trained dense network of seed {cell.seed}, but the dense cell {dense.directory(workdir)} '
         'has not finished: run it first (sweep.py runs it before the other cells of its seed; printed commands: '
-        'its train.py command)')
+        'its --only_cell command)')
   return dense.directory(workdir)
 
 

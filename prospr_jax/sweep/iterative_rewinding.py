@@ -102,8 +102,11 @@ def previous_round(config: ml_collections.ConfigDict, setup: Setup,
                    previous_dir: pathlib.Path) -> tuple[ArrayTree, ArrayTree]:
   """``(trained variables, mask)`` of the finished round in ``previous_dir``; its layer collapse is this round's."""
   done = previous_dir / 'results.json'
-  if done.exists() and (collapse := json.loads(done.read_text()).get('collapsed')):
-    raise topk.LayerCollapseError(f'the round before, {previous_dir}, emptied a layer: {collapse}')
+  outcome = json.loads(done.read_text()) if done.exists() else {}
+  if collapse := outcome.get('collapsed'):
+    raise topk.LayerCollapseError(f'the round before, {previous_dir}, collapsed: {collapse}')
+  if diverged := outcome.get('diverged'):
+    raise train_loop.TrainingDiverged(f'the round before, {previous_dir}, diverged: {diverged}')
   steps_per_epoch, _ = train_loop.recipe_steps(Recipe.of(config), setup)
   if (previous_dir / 'mask.npz').exists():
     mask = mask_files.load_masks(previous_dir / 'mask.npz', setup.variables['params'])
