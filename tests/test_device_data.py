@@ -208,3 +208,19 @@ def test_a_pruned_network_trains_alike_at_one_and_four_steps_per_dispatch_and_it
   pruned = jax.tree.leaves(jax.tree.map(lambda m, p: None if m is None else np.asarray(p)[~np.asarray(m)], mask,
                                         four.params, is_leaf=lambda x: x is None))
   assert all(np.all(weights == 0.0) for weights in pruned) and int(four.step) == steps_per_epoch
+
+
+def test_a_dispatch_runs_k_steps_or_one_so_two_programs_serve_any_checkpoint_spacing():
+  """A chunk of every remainder's length would compile a program per length (13 of them for 52 steps per dispatch
+  and a checkpoint every 100 steps); K steps, then single steps up to the checkpoint, compile two."""
+  config = resident_config(steps_per_dispatch=4)
+  setup, recipe = make_setup(config), Recipe.of(config)
+  steps_per_epoch, compiled = train_loop.recipe_steps(recipe, setup)
+  state = train_loop.initial_state(recipe, 0, setup, jax.tree.map(lambda _: None, setup.variables['params']))
+  feed = dispatch.make(recipe, Running.of(config), setup, steps_per_epoch, compiled, 0)
+  step, lengths = 0, []
+  while step < steps_per_epoch:  # a checkpoint every 7 steps: stops at 7, 14, ... and the epoch's end
+    state, _, ran = feed.advance(state, step, min(steps_per_epoch, (step // 7 + 1) * 7))
+    step += ran
+    lengths.append(ran)
+  assert set(lengths) == {4, 1} and sum(lengths) == steps_per_epoch
