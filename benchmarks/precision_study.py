@@ -105,7 +105,8 @@ def overlaps(criterion: str, sparsity: float, seed: int) -> dict[str, dict[str, 
     ma, mb = mask_of(a, criterion, sparsity, seed), mask_of(b, criterion, sparsity, seed)
     if ma is None or mb is None:
       continue
-    layers = {name: float(np.sum(ma[name] & mb[name]) / max(1, np.sum(ma[name]))) for name in ma}
+    layers = {name: float(np.sum(ma[name] & mb[name]) / np.sum(ma[name])) for name in ma  # not a layer it empties
+              if np.any(ma[name])}
     total = float(sum(np.sum(ma[n] & mb[n]) for n in ma) / sum(np.sum(ma[n]) for n in ma))
     out[f'{a} / {b}'] = {'total': total, 'smallest_layer': min(layers.values()),
                          'smallest_layer_name': min(layers, key=layers.get)}
