@@ -94,6 +94,12 @@ def at_chance(results: dict[str, Any]) -> dict[str, str]:
   return {key: results[key] for key in AT_CHANCE if results.get(key)}
 
 
+def _outcome_results(cell: Cell, outcome: str, error: Exception) -> dict[str, Any]:
+  """The ``results.json`` of a cell whose ``AT_CHANCE`` outcome replaced its accuracies."""
+  return {'criterion': cell.criterion, 'sparsity': cell.sparsity, outcome: str(error), 'kept_weights': None,
+          'weight_sparsity': None}
+
+
 def final_results(cell: Cell, workdir: pathlib.Path,
                   base: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
   """``(results, final eval row)`` of a finished cell (None for a collapsed or diverged one's), None for an unfinished
@@ -215,12 +221,10 @@ def run_cell(cell: Cell, base: ml_collections.ConfigDict, workdir: pathlib.Path)
           experiment.prune_and_train(config, cell_dir)
       except topk.LayerCollapseError as error:  # a result of the criterion, not a failure of the sweep
         log.warning('sweep: %s: layer collapse, recorded as such (%s)', cell, error)
-        results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'collapsed': str(error),
-                   'kept_weights': None, 'weight_sparsity': None}
+        results = _outcome_results(cell, 'collapsed', error)
   except train_loop.TrainingDiverged as error:  # a result of the recipe on this network, as a collapse
     log.warning('sweep: %s: training diverged, recorded as such (%s)', cell, error)
-    results = {'criterion': cell.criterion, 'sparsity': cell.sparsity, 'diverged': str(error),
-               'kept_weights': None, 'weight_sparsity': None}
+    results = _outcome_results(cell, 'diverged', error)
   finally:
     seconds = time.perf_counter() - start
     if jax.process_index() == 0 and cell_dir.is_dir():

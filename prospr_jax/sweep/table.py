@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prospr_jax import data
-from prospr_jax.sweep import after_training, paper_numbers
+from prospr_jax.sweep import after_training, cells, paper_numbers
 from prospr_jax.sweep.grid import DENSE, Grid
 
 MISSING = '—'
@@ -47,7 +47,7 @@ def summarize(rows: Iterable[dict[str, Any]], chance: float) -> dict[tuple[str, 
   counts: dict[tuple[tuple[str, float], str], int] = {}
   for row in rows:
     key = (row['criterion'], row['sparsity'])
-    outcomes = [outcome for outcome in ('collapsed', 'diverged') if row.get(outcome)]
+    outcomes = list(cells.at_chance(row))
     for outcome in outcomes:
       counts[key, outcome] = counts.get((key, outcome), 0) + 1
     groups.setdefault(key, []).append(chance if outcomes else 100.0 * row['top1'])
